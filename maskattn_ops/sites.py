@@ -1,0 +1,68 @@
+"""Cross-attention sites of an SDXL-pattern UNet, and the named sets users pick from.
+
+A site is one cross-attention layer (attn2 of one transformer block), keyed the way
+ComfyUI keys attention replaces: ``(block_name, block_id, block_index)`` with block_name
+"input" / "middle" / "output" and block_index the depth inside that block's transformer
+stack. ``downsample`` is the latent-to-token-grid factor at the site (1, 2, 4 for SDXL's
+three levels), so at a 1024px image (128x128 latent) the SDXL mid-resolution sites
+(MaskAttn-SDXL, Sec. 2) are the ones with ``downsample == 2``: a 64x64 token grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+SiteKey = tuple[str, int, int]
+
+SITE_SETS = ("mid-resolution", "all")
+# SDXL's 64x64 level at 1024px: half the latent grid (its 128x128 level has no sites).
+MID_RESOLUTION_DOWNSAMPLE = 2
+
+
+@dataclass(frozen=True)
+class Site:
+    """One cross-attention layer and the widths a patch there must match."""
+    key: SiteKey
+    downsample: int    # token grid = latent grid / downsample
+    channels: int      # query width (feature map channels at the site)
+    heads: int
+    dim_head: int
+    context_dim: int   # width of the text tokens (keys and values before projection)
+
+    @property
+    def name(self) -> str:
+        """The key as a readable string, e.g. "input.4.1" (used in weight keys and labels)."""
+        block, block_id, index = self.key
+        return f"{block}.{block_id}.{index}"
+
+
+def select_sites(sites: list[Site], selection: str | Iterable[str]) -> list[Site]:
+    """Sites named by a set name ("mid-resolution", "all") or by a list of site names
+    ("input.4.0", ...). Unknown names are an error that lists what exists."""
+    if isinstance(selection, str) and selection in SITE_SETS:
+        if selection == "all":
+            return list(sites)
+        chosen = [s for s in sites if s.downsample == MID_RESOLUTION_DOWNSAMPLE]
+        if not chosen:
+            levels = sorted({s.downsample for s in sites})
+            raise ValueError(f"this model has no cross-attention at the mid-resolution level "
+                             f"(latent/{MID_RESOLUTION_DOWNSAMPLE}); its sites are at latent/{levels}")
+        return chosen
+    names = [selection] if isinstance(selection, str) else list(selection)
+    by_name = {s.name: s for s in sites}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"unknown cross-attention site(s) {unknown}; this model has: {', '.join(by_name)}"
+            f" (or use one of {SITE_SETS})"
+        )
+    return [by_name[n] for n in names]
+
+
+def token_grid(activations_shape: list[int] | tuple[int, ...], tokens: int) -> tuple[int, int]:
+    """(h, w) of the token grid at a site, from the feature map shape (B, C, h, w) that
+    the host reports for the site, checked against the number of query tokens."""
+    h, w = int(activations_shape[-2]), int(activations_shape[-1])
+    if h * w != tokens:
+        raise ValueError(f"site feature map {h}x{w} does not match {tokens} query tokens")
+    return h, w

@@ -1,0 +1,17 @@
+"""Host adapters: V3 node schemas whose ``execute`` stays thin and calls ``patching``.
+
+Registration only; one module per node family. Import this package relatively
+(``from .nodes import ...``): ComfyUI has a top-level module named ``nodes``.
+"""
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes_demo import MaskAttnLoadDemoModel
+
+NODE_LIST: list[type[io.ComfyNode]] = [
+    MaskAttnLoadDemoModel,
+]
+
+
+class MaskAttnExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODE_LIST

@@ -1,0 +1,191 @@
+"""The one module of this extension that touches ModelPatcher.
+
+Everything our nodes do to a model goes through here: find the UNet's cross-attention
+sites, clone the patcher, and install one attn2 replace per chosen site
+(``transformer_options["patches_replace"]["attn2"][(block, id, block_index)]``, see
+comfy/ldm/modules/attention.py, BasicTransformerBlock.forward). The replace receives the
+PROJECTED q, k, v and returns the attention output before ``to_out``.
+
+A site's replace (``SiteAttention``) asks each of its bias providers for an additive
+logit bias for this call and runs ``maskattn_ops.attention.biased_attention``. Stacked
+nodes of ours add providers to the same object; a replace from another pack at the same
+site is chained, not dropped.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import torch
+
+import comfy.ldm.modules.attention as host_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+from comfy.model_patcher import ModelPatcher
+
+from ..maskattn_ops.attention import biased_attention
+from ..maskattn_ops.sites import Site, select_sites, token_grid
+
+
+@dataclass(frozen=True)
+class SiteCall:
+    """What a bias provider knows about one call of one site."""
+    site: Site
+    grid: tuple[int, int]          # (h, w) token grid; N = h * w query tokens
+    batch: int                     # B of q: len(cond_or_uncond) chunks of equal size
+    tokens: int                    # T context tokens (k.shape[1]); k*77 for long prompts
+    cond_or_uncond: tuple[int, ...]  # per chunk: 0 = cond, 1 = uncond (order varies!)
+    sigmas: torch.Tensor           # (B // chunks,) sigma of each latent in the batch
+
+    def is_uncond(self) -> torch.Tensor:
+        """(B,) bool: which rows of q belong to an uncond chunk."""
+        per_chunk = self.batch // len(self.cond_or_uncond)
+        flags = torch.tensor(self.cond_or_uncond, dtype=torch.bool)
+        return flags.repeat_interleave(per_chunk)
+
+
+class BiasProvider(Protocol):
+    """A patch's contribution at a site: an additive logit bias broadcastable to
+    (B, heads, N, T), or None to leave this call alone. May also define ``to(device)``
+    and ``models()``, which the host calls through SiteAttention."""
+
+    def __call__(self, call: SiteCall) -> torch.Tensor | None: ...
+
+
+def site_call(site: Site, q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> SiteCall:
+    """Reads a site call's layout from the host's extra_options."""
+    cond_or_uncond = tuple(extra_options.get("cond_or_uncond", (0,)))
+    if q.shape[0] % len(cond_or_uncond):
+        raise RuntimeError(f"MaskAttn: batch {q.shape[0]} at site {site.name} does not split into "
+                           f"{len(cond_or_uncond)} cond/uncond chunks")
+    sigmas = extra_options.get("sigmas")
+    if sigmas is None:
+        sigmas = torch.zeros(q.shape[0] // len(cond_or_uncond))
+    return SiteCall(
+        site=site,
+        # The host reports the site's feature map as activations_shape (B, C, h, w), set
+        # by SpatialTransformer.forward: exact for non-square latents, unlike sqrt(N).
+        grid=token_grid(extra_options["activations_shape"], q.shape[1]),
+        batch=q.shape[0],
+        tokens=k.shape[1],
+        cond_or_uncond=cond_or_uncond,
+        sigmas=sigmas,
+    )
+
+
+def host_attention_op(q, k, v, extra_options) -> torch.Tensor:
+    """The attention the host itself would have run here (its chosen backend and any
+    ``optimized_attention_override``), read at call time since the host picks it late."""
+    return host_attention.optimized_attention(
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options)
+
+
+class SiteAttention:
+    """The attn2 replace at one site: plain attention plus the providers' biases.
+
+    ``chained`` is a replace that another pack had installed at this site (e.g.
+    IPAdapter's, which is plain attention plus its own terms). It still runs, and the
+    change our bias makes to plain attention is added to its output, so both apply.
+    """
+
+    def __init__(self, site: Site, providers: Iterable[BiasProvider] = (), chained: Callable | None = None):
+        self.site = site
+        self.providers = list(providers)
+        self.chained = chained
+
+    def with_provider(self, provider: BiasProvider) -> "SiteAttention":
+        """A new replace with one more provider (the installed one stays as it was)."""
+        return SiteAttention(self.site, [*self.providers, provider], self.chained)
+
+    def bias(self, call: SiteCall) -> torch.Tensor | None:
+        biases = [b for b in (p(call) for p in self.providers) if b is not None]
+        if not biases:
+            return None
+        return biases[0] if len(biases) == 1 else torch.stack(torch.broadcast_tensors(*biases)).sum(0)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        bias = self.bias(site_call(self.site, q, k, extra_options))
+        if self.chained is None:
+            if bias is None:
+                return host_attention_op(q, k, v, extra_options)
+            return biased_attention(q, k, v, extra_options["n_heads"], bias)
+        out = self.chained(q, k, v, extra_options)
+        if bias is None:
+            return out
+        heads = extra_options["n_heads"]
+        return out + (biased_attention(q, k, v, heads, bias) - biased_attention(q, k, v, heads))
+
+    # The host deep-copies model_options on every clone(): share the providers (they
+    # may hold weights) and copy only the list, so clones stay independent and cheap.
+    def __deepcopy__(self, memo):
+        return SiteAttention(self.site, self.providers, copy.deepcopy(self.chained, memo))
+
+    def to(self, device):
+        """Called by the host when the model moves; providers move in place."""
+        for p in self.providers:
+            if hasattr(p, "to"):
+                p.to(device)
+        if hasattr(self.chained, "to"):
+            self.chained = self.chained.to(device)
+        return self
+
+    def models(self) -> list:
+        """ModelPatchers that the providers hold, for the host to load with the UNet."""
+        return [m for p in [*self.providers, self.chained] if hasattr(p, "models") for m in p.models()]
+
+
+def _is_resampler(module: torch.nn.Module, kind: type) -> bool:
+    # SDXL resamples with Downsample/Upsample modules; resblock_updown UNets do it
+    # inside a ResBlock (h_upd).
+    return isinstance(module, kind) or (getattr(module, "updown", False) and isinstance(module.h_upd, kind))
+
+
+def discover_sites(model: ModelPatcher) -> list[Site]:
+    """Every cross-attention site of the model's UNet, in execution order, with its
+    token-grid downsampling read from the module tree (not assumed from a config)."""
+    unet = model.get_model_object("diffusion_model")
+    if not hasattr(unet, "input_blocks"):
+        raise TypeError(f"MaskAttn supports SDXL-pattern UNets; this model is {type(unet).__name__}")
+    sites: list[Site] = []
+    factor = 1
+
+    def visit(block_name: str, block_id: int, block: torch.nn.Module) -> None:
+        nonlocal factor
+        for module in block:
+            if isinstance(module, host_attention.SpatialTransformer):
+                for index, tb in enumerate(module.transformer_blocks):
+                    if tb.attn2 is None:
+                        continue
+                    sites.append(Site(
+                        key=(block_name, block_id, index), downsample=factor,
+                        channels=tb.attn2.to_q.in_features, heads=tb.attn2.heads,
+                        dim_head=tb.attn2.dim_head, context_dim=tb.attn2.to_k.in_features))
+            elif _is_resampler(module, Downsample):
+                factor *= 2
+            elif _is_resampler(module, Upsample):
+                factor //= 2
+
+    for block_id, block in enumerate(unet.input_blocks):
+        visit("input", block_id, block)
+    if unet.middle_block is not None:
+        visit("middle", 0, unet.middle_block)
+    for block_id, block in enumerate(unet.output_blocks):
+        visit("output", block_id, block)
+    return sites
+
+
+def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Iterable[str] = "mid-resolution") -> ModelPatcher:
+    """A clone of ``model`` whose chosen sites add ``provider``'s bias; ``model`` itself
+    is left untouched. ``sites``: "mid-resolution", "all", or site names ("input.4.0")."""
+    patched = model.clone()
+    replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    for site in select_sites(discover_sites(model), sites):
+        # The host tries (block, id, index) before (block, id): chain whichever it would run.
+        existing = replaces.get(site.key, replaces.get(site.key[:2]))
+        if isinstance(existing, SiteAttention) and existing.site == site:
+            op = existing.with_provider(provider)
+        else:
+            op = SiteAttention(site, [provider], chained=existing)
+        patched.set_model_attn2_replace(op, *site.key)
+    return patched
