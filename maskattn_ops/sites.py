@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import torch
+
 SiteKey = tuple[str, int, int]
 
 SITE_SETS = ("mid-resolution", "all")
@@ -66,3 +68,22 @@ def token_grid(activations_shape: list[int] | tuple[int, ...], tokens: int) -> t
     if h * w != tokens:
         raise ValueError(f"site feature map {h}x{w} does not match {tokens} query tokens")
     return h, w
+
+
+@dataclass(frozen=True)
+class SiteCall:
+    """What a bias provider knows about one call of one site."""
+    site: Site
+    grid: tuple[int, int]          # (h, w) token grid; N = h * w query tokens
+    batch: int                     # B of q: len(cond_or_uncond) chunks of equal size
+    tokens: int                    # T context tokens (k.shape[1]); k*77 for long prompts
+    cond_or_uncond: tuple[int, ...]  # per chunk: 0 = cond, 1 = uncond (order varies!)
+    sigmas: torch.Tensor           # (B // chunks,) sigma of each latent in the batch
+    q: torch.Tensor                # (B, N, heads*dim_head) projected queries
+    k: torch.Tensor                # (B, T, heads*dim_head) projected keys
+
+    def is_uncond(self) -> torch.Tensor:
+        """(B,) bool: which rows of q belong to an uncond chunk."""
+        per_chunk = self.batch // len(self.cond_or_uncond)
+        flags = torch.tensor(self.cond_or_uncond, dtype=torch.bool)
+        return flags.repeat_interleave(per_chunk)

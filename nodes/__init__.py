@@ -5,9 +5,15 @@ Registration only; one module per node family. Import this package relatively
 """
 from comfy_api.latest import ComfyExtension, io
 
+from .model_folders import register_heads_folder
 from .nodes_demo import MaskAttnLoadDemoModel
+from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads
+
+register_heads_folder()
 
 NODE_LIST: list[type[io.ComfyNode]] = [
+    MaskAttnLoadHeads,
+    MaskAttnApplyMaskedCrossAttention,
     MaskAttnLoadDemoModel,
 ]
 

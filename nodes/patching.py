@@ -14,7 +14,6 @@ site is chained, not dropped.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import torch
@@ -24,24 +23,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 from comfy.model_patcher import ModelPatcher
 
 from ..maskattn_ops.attention import biased_attention
-from ..maskattn_ops.sites import Site, select_sites, token_grid
-
-
-@dataclass(frozen=True)
-class SiteCall:
-    """What a bias provider knows about one call of one site."""
-    site: Site
-    grid: tuple[int, int]          # (h, w) token grid; N = h * w query tokens
-    batch: int                     # B of q: len(cond_or_uncond) chunks of equal size
-    tokens: int                    # T context tokens (k.shape[1]); k*77 for long prompts
-    cond_or_uncond: tuple[int, ...]  # per chunk: 0 = cond, 1 = uncond (order varies!)
-    sigmas: torch.Tensor           # (B // chunks,) sigma of each latent in the batch
-
-    def is_uncond(self) -> torch.Tensor:
-        """(B,) bool: which rows of q belong to an uncond chunk."""
-        per_chunk = self.batch // len(self.cond_or_uncond)
-        flags = torch.tensor(self.cond_or_uncond, dtype=torch.bool)
-        return flags.repeat_interleave(per_chunk)
+from ..maskattn_ops.sites import Site, SiteCall, select_sites, token_grid
 
 
 class BiasProvider(Protocol):
@@ -70,6 +52,8 @@ def site_call(site: Site, q: torch.Tensor, k: torch.Tensor, extra_options: dict)
         tokens=k.shape[1],
         cond_or_uncond=cond_or_uncond,
         sigmas=sigmas,
+        q=q,
+        k=k,
     )
 
 
@@ -102,7 +86,7 @@ class SiteAttention:
         biases = [b for b in (p(call) for p in self.providers) if b is not None]
         if not biases:
             return None
-        return biases[0] if len(biases) == 1 else torch.stack(torch.broadcast_tensors(*biases)).sum(0)
+        return sum(biases[1:], biases[0])
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         bias = self.bias(site_call(self.site, q, k, extra_options))

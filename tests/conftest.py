@@ -91,3 +91,42 @@ def sample(encode):
                                         encode(prompt), encode(negative), latent)[0]
         return out["samples"].clone()
     return run
+
+
+class _ServerStub:
+    """What PromptExecutor needs of the server, recording the messages it sends."""
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata = {}
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+@pytest.fixture(scope="session")
+def run_graph(host_nodes):
+    """Validates an API-format prompt with the host and runs it through the real
+    executor; returns the history entry's outputs, or raises with the host's errors."""
+    import uuid
+
+    import execution
+
+    def run(prompt: dict) -> dict:
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            raise AssertionError(f"prompt invalid: {error} {node_errors}")
+        executor = execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC)
+        executor.execute(prompt, prompt_id, {}, outputs)
+        if not executor.success:
+            errors = [m for m in executor.status_messages if m[0] == "execution_error"]
+            raise RuntimeError(f"execution failed: {errors}")
+        return executor.history_result["outputs"]
+    return run

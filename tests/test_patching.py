@@ -1,18 +1,12 @@
 """nodes/patching.py on the real host: real samplers over the tiny SDXL model."""
 import pytest
 import torch
-from torch.testing import assert_close
 
 from comfyui_maskattn.maskattn_ops.attention import NEG
 
+from helpers import assert_same_run
+
 PROMPT = "a red circle and a blue square"
-
-
-def assert_same_run(actual, expected):
-    """Same sampling result up to fp32 rounding: the host's CPU attention (chunked,
-    sub-quadratic) and SDPA sum in different orders, and the random tiny model's
-    latents reach hundreds, so the absolute tolerance scales with them."""
-    assert_close(actual, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
 class KeepAll:

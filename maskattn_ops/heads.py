@@ -1,0 +1,149 @@
+"""A set of gate heads, one per gated site, and its safetensors file format.
+
+File format (version 1), safetensors only:
+- tensors keyed ``<block>.<id>.<block_index>.<parameter>``, e.g.
+  ``input.4.0.features.0.weight``: the site reads straight off the key;
+- metadata (strings): ``format`` = "maskattn-heads", ``format_version``, ``base_family``,
+  ``sites`` (JSON list), ``channels`` (JSON {site: query width}), ``key_dims`` (JSON
+  {site: width of the projected keys the head reads}), ``context_dim`` (the model's text width),
+  ``embed_dim``, ``threshold`` (used in training), ``training`` (JSON summary).
+The variant (sites, widths) is read from the keys and shapes; the metadata is checked
+against them, never trusted alone, and the file name means nothing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .gates import GateHead
+from .sites import Site
+
+FORMAT = "maskattn-heads"
+FORMAT_VERSION = 1
+PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")   # torch.save zip archives, raw pickles
+
+
+class HeadsFileError(ValueError):
+    """A heads file that cannot be used; the message names the file and the cause."""
+
+
+class HeadSet(nn.Module):
+    """Gate heads by site name, plus what they were made for."""
+
+    def __init__(self, sites: dict[str, tuple[int, int]], context_dim: int, embed_dim: int = 32,
+                 base_family: str = "sdxl", threshold: float = 0.5, training: dict | None = None):
+        super().__init__()
+        # ModuleDict keys may not contain dots; site names do ("input.4.0").
+        self.heads = nn.ModuleDict({name.replace(".", "_"): GateHead(c, kd, embed_dim)
+                                    for name, (c, kd) in sites.items()})
+        self.site_names = list(sites)
+        self.context_dim, self.embed_dim = context_dim, embed_dim
+        self.base_family, self.threshold = base_family, threshold
+        self.training_summary = dict(training or {})
+
+    @classmethod
+    def for_sites(cls, sites: Iterable[Site], **kwargs) -> "HeadSet":
+        """Fresh heads ("keep everything") for these sites of a model."""
+        sites = list(sites)
+        if not sites:
+            raise ValueError("no sites to make gate heads for")
+        return cls({s.name: (s.channels, s.heads * s.dim_head) for s in sites},
+                   context_dim=sites[0].context_dim, **kwargs)
+
+    def head(self, site_name: str) -> GateHead:
+        return self.heads[site_name.replace(".", "_")]
+
+    def site_shapes(self) -> dict[str, tuple[int, int]]:
+        return {n: (self.head(n).channels, self.head(n).key_dim) for n in self.site_names}
+
+    def metadata(self) -> dict[str, str]:
+        shapes = self.site_shapes()
+        return {
+            "format": FORMAT, "format_version": str(FORMAT_VERSION), "base_family": self.base_family,
+            "sites": json.dumps(self.site_names), "channels": json.dumps({n: c for n, (c, _) in shapes.items()}),
+            "key_dims": json.dumps({n: kd for n, (_, kd) in shapes.items()}),
+            "context_dim": str(self.context_dim), "embed_dim": str(self.embed_dim),
+            "threshold": repr(self.threshold), "training": json.dumps(self.training_summary),
+        }
+
+    def check_fits(self, sites: Iterable[Site], model_name: str = "the model") -> None:
+        """Refuses heads made for another model: other sites, widths or text width."""
+        by_name = {s.name: s for s in sites}
+        missing = [n for n in self.site_names if n not in by_name]
+        if missing:
+            raise HeadsFileError(f"these heads gate sites {missing} that {model_name} does not have "
+                                 f"(heads: {self.site_names}; model: {list(by_name)})")
+        for name, (channels, key_dim) in self.site_shapes().items():
+            site = by_name[name]
+            if (channels, key_dim) != (site.channels, site.heads * site.dim_head):
+                raise HeadsFileError(
+                    f"heads for site {name} expect query width {channels} and key width {key_dim}; "
+                    f"{model_name} has {site.channels} and {site.heads * site.dim_head} there")
+            if self.context_dim != site.context_dim:
+                raise HeadsFileError(f"heads were made for text width {self.context_dim}; "
+                                     f"{model_name} has {site.context_dim}")
+
+
+def save_heads(heads: HeadSet, path: str | Path) -> None:
+    tensors = {f"{name}.{key}": value.detach().contiguous().cpu()
+               for name in heads.site_names for key, value in heads.head(name).state_dict().items()}
+    save_file(tensors, str(path), metadata=heads.metadata())
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise HeadsFileError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start.startswith(PICKLE_MAGICS):
+        raise HeadsFileError(f"{path} is a pickle / torch.save file; MaskAttn loads heads from "
+                             f"safetensors only (pickles can run code when loaded)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HeadsFileError(f"{path} is not a readable safetensors file (truncated or another format?): {e}") from None
+    return tensors, metadata
+
+
+def load_heads(path: str | Path) -> HeadSet:
+    """Reads a heads file; every problem is a HeadsFileError naming the file."""
+    path = Path(path)
+    tensors, meta = _read(path)
+    if meta.get("format") != FORMAT:
+        raise HeadsFileError(f"{path} is a safetensors file but not MaskAttn heads (metadata format="
+                             f"{meta.get('format')!r}, expected {FORMAT!r})")
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise HeadsFileError(f"{path} has heads format version {meta['format_version']}; this MaskAttn "
+                             f"reads up to {FORMAT_VERSION}: update the extension")
+    by_site: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        parts = key.split(".")
+        by_site.setdefault(".".join(parts[:3]), {})[".".join(parts[3:])] = value
+    try:
+        shapes = {name: (t["features.0.weight"].shape[1], t["tokens.weight"].shape[1]) for name, t in by_site.items()}
+        embed_dims = {t["tokens.weight"].shape[0] for t in by_site.values()}
+    except KeyError as e:
+        raise HeadsFileError(f"{path}: a head lacks tensor {e}; not a MaskAttn heads file of this version") from None
+    if len(embed_dims) != 1:
+        raise HeadsFileError(f"{path}: heads disagree on their embedding width {sorted(embed_dims)}")
+    listed = json.loads(meta.get("sites", "[]"))
+    if sorted(listed) != sorted(by_site):
+        raise HeadsFileError(f"{path}: metadata lists sites {listed} but the tensors are for {sorted(by_site)}")
+    heads = HeadSet(shapes, context_dim=int(meta["context_dim"]), embed_dim=embed_dims.pop(),
+                    base_family=meta.get("base_family", ""), threshold=float(meta.get("threshold", 0.5)),
+                    training=json.loads(meta.get("training", "{}")))
+    heads.site_names = listed
+    for name, state in by_site.items():
+        try:
+            heads.head(name).load_state_dict(state)
+        except RuntimeError as e:
+            raise HeadsFileError(f"{path}: the head for site {name} does not load: {e}") from None
+    return heads

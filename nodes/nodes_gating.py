@@ -1,0 +1,88 @@
+"""Learned gating (MaskAttn-SDXL): Load MaskAttn Heads, Apply Masked Cross-Attention."""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..maskattn_ops.gates import GATE_MODES
+from ..maskattn_ops.gating import GateBias
+from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
+from . import patching
+from .model_folders import HEADS_FOLDER
+
+CATEGORY = "MaskAttn"
+Heads = io.Custom("MASKATTN_HEADS")
+
+
+class MaskAttnLoadHeads(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MaskAttnLoadHeads",
+            display_name="Load MaskAttn Heads",
+            category=CATEGORY,
+            description=(
+                "Loads learned MaskAttn-SDXL gate heads (a .safetensors file from models/maskattn): "
+                "one small head per gated cross-attention site that predicts where each prompt "
+                "token may act. Heads are made for one base model; Apply Masked Cross-Attention "
+                "refuses heads whose sites or widths differ from the MODEL's."),
+            inputs=[
+                io.Combo.Input("heads_name", options=folder_paths.get_filename_list(HEADS_FOLDER),
+                               tooltip="Heads file in models/maskattn (safetensors only)."),
+            ],
+            outputs=[Heads.Output(display_name="HEADS", tooltip="The gate heads, for Apply Masked Cross-Attention.")],
+        )
+
+    @classmethod
+    def execute(cls, heads_name: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise(HEADS_FOLDER, heads_name)
+        try:
+            return io.NodeOutput(load_heads(path))
+        except HeadsFileError as e:
+            raise ValueError(f"Load MaskAttn Heads (heads_name): {e}") from None
+
+
+class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MaskAttnApplyMaskedCrossAttention",
+            display_name="Apply Masked Cross-Attention",
+            category=CATEGORY,
+            description=(
+                "MaskAttn-SDXL: at each gated cross-attention site, the heads predict per prompt "
+                "token where it may act, and the gate is added to the attention logits before "
+                "softmax (0 keeps, a large negative suppresses; the start token is always kept). "
+                "Returns a patched copy of the MODEL; the input MODEL is unchanged."),
+            inputs=[
+                io.Model.Input("model", tooltip="The SDXL model to gate."),
+                Heads.Input("heads", tooltip="Gate heads from Load MaskAttn Heads, made for this model."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Probability at which a token is kept (hard mode). The paper uses 0.5."),
+                io.Combo.Input("mode", options=list(GATE_MODES), default="hard",
+                               tooltip="hard: binary gate (the paper). soft: log-probability bias, no threshold."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which gating starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which gating stops."),
+                io.Boolean.Input("apply_to_uncond", default=True,
+                                 tooltip="Gate the negative prompt's pass too."),
+            ],
+            outputs=[io.Model.Output(tooltip="The gated model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
+                end_percent: float, apply_to_uncond: bool) -> io.NodeOutput:
+        if start_percent > end_percent:
+            raise ValueError(f"Apply Masked Cross-Attention: start_percent {start_percent} is after end_percent {end_percent}")
+        try:
+            heads.check_fits(patching.discover_sites(model), "this MODEL")
+        except HeadsFileError as e:
+            raise ValueError(f"Apply Masked Cross-Attention (heads): {e}") from None
+        sampling = model.get_model_object("model_sampling")
+        provider = GateBias(heads, threshold=threshold, mode=mode,
+                            sigma_start=sampling.percent_to_sigma(start_percent),
+                            sigma_end=sampling.percent_to_sigma(end_percent),
+                            apply_to_uncond=apply_to_uncond)
+        return io.NodeOutput(patching.install_bias(model, provider, heads.site_names))

@@ -1,0 +1,142 @@
+"""Learned gating on the real host: Apply Masked Cross-Attention over the tiny SDXL."""
+import pytest
+import torch
+
+from comfyui_maskattn.maskattn_ops.attention import SUPPRESSED
+from comfyui_maskattn.maskattn_ops.gates import GateHead
+from comfyui_maskattn.maskattn_ops.heads import HeadSet, save_heads
+
+from helpers import assert_same_run
+
+SUPPRESSED_TOKEN = 2     # "red" in "a red circle ...": start token, "a", "red"
+
+
+class ForcedHead(GateHead):
+    """A head whose output is forced: keep every token but one."""
+    def forward(self, q, k, grid):
+        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0)
+        logits[:, SUPPRESSED_TOKEN] = -10.0
+        return logits
+
+
+@pytest.fixture(scope="session")
+def nodes_gating(host_nodes):
+    from comfyui_maskattn.nodes import nodes_gating
+    return nodes_gating
+
+
+@pytest.fixture()
+def mid_sites(patching, tiny_models):
+    from comfyui_maskattn.maskattn_ops.sites import select_sites
+    return select_sites(patching.discover_sites(tiny_models[0]), "mid-resolution")
+
+
+def fresh_heads(sites):
+    with torch.inference_mode():     # as Load MaskAttn Heads makes them, inside the executor
+        return HeadSet.for_sites(sites)
+
+
+def forced_heads(sites):
+    heads = fresh_heads(sites)
+    for name in heads.site_names:
+        heads.heads[name.replace(".", "_")] = ForcedHead(*heads.site_shapes()[name])
+    return heads
+
+
+def apply(nodes_gating, model, heads, **options):
+    kwargs = dict(threshold=0.5, mode="hard", start_percent=0.0, end_percent=1.0, apply_to_uncond=True)
+    kwargs.update(options)
+    return nodes_gating.MaskAttnApplyMaskedCrossAttention.execute(model, heads, **kwargs).args[0]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.parametrize("cfg,batch,size", [(5.0, 1, (16, 16)), (1.0, 2, (16, 24)), (5.0, 2, (24, 16))])
+def test_fresh_heads_reproduce_unpatched(nodes_gating, tiny_models, mid_sites, sample, sampler, cfg, batch, size):
+    model = tiny_models[0]
+    run = dict(sampler=sampler, cfg=cfg, batch=batch, height=size[0], width=size[1])
+    assert_same_run(sample(apply(nodes_gating, model, fresh_heads(mid_sites)), **run), sample(model, **run))
+
+
+@pytest.mark.parametrize("cfg,batch,size", [(5.0, 1, (16, 16)), (1.0, 2, (16, 24))])
+def test_forced_head_changes_output_and_never_empties_a_location(
+        nodes_gating, patching, tiny_models, mid_sites, sample, cfg, batch, size):
+    model = tiny_models[0]
+    gated = apply(nodes_gating, model, forced_heads(mid_sites))
+    # record every bias the gate provider produced during the run
+    biases = []
+    key = mid_sites[0].key
+    op = gated.model_options["transformer_options"]["patches_replace"]["attn2"][key]
+    provider = op.providers[-1]
+    op.providers[-1] = lambda call: biases.append(provider(call)) or biases[-1]
+    run = dict(cfg=cfg, batch=batch, height=size[0], width=size[1])
+    out = sample(gated, **run)
+    assert torch.isfinite(out).all()
+    assert (out - sample(model, **run)).abs().max() > 1e-2
+    assert biases
+    for bias in biases:
+        assert (bias > SUPPRESSED).any(-1).all()                  # some token kept everywhere
+        assert (bias[..., SUPPRESSED_TOKEN] <= SUPPRESSED).all()  # the forced token is gone
+        assert (bias[..., 0] == 0).all()                          # the start token never is
+
+
+def test_window_and_uncond_options(nodes_gating, tiny_models, mid_sites, sample):
+    model = tiny_models[0]
+    plain = sample(model)
+    heads = forced_heads(mid_sites)
+    # an empty window (start = end at the very end) is exactly the unpatched run
+    assert_same_run(sample(apply(nodes_gating, model, heads, start_percent=1.0, end_percent=1.0)), plain)
+    cond_only = sample(apply(nodes_gating, model, heads, apply_to_uncond=False))
+    both = sample(apply(nodes_gating, model, heads))
+    assert (cond_only - both).abs().max() > 1e-3
+
+
+def test_heads_are_shared_not_copied_across_clones(nodes_gating, tiny_models, mid_sites):
+    heads = fresh_heads(mid_sites)
+    gated = apply(nodes_gating, tiny_models[0], heads)
+    key = mid_sites[0].key
+    for m in (gated, gated.clone(), gated.clone().clone()):
+        assert m.model_options["transformer_options"]["patches_replace"]["attn2"][key].providers[0].heads is heads
+
+
+def test_heads_for_another_model_are_refused(nodes_gating, tiny, tiny_models):
+    import comfy.model_management  # noqa: F401
+    from comfyui_maskattn.maskattn_ops.sites import select_sites
+    from comfyui_maskattn.nodes import patching
+    with torch.inference_mode():
+        wide = tiny.build_model(config=tiny.unet_config(model_channels=64))
+    heads = fresh_heads(select_sites(patching.discover_sites(wide), "mid-resolution"))
+    with pytest.raises(ValueError, match=r"Apply Masked Cross-Attention \(heads\): .*query width 128 .* has 64"):
+        apply(nodes_gating, tiny_models[0], heads)
+
+
+def test_load_and_apply_inside_a_graph(run_graph, tmp_path, patching, tiny_models, mid_sites):
+    """Load MaskAttn Heads reads a file from a temporary models/maskattn folder; the
+    whole graph runs through the host's validator and executor."""
+    import folder_paths
+    folder = tmp_path / "maskattn"
+    folder.mkdir()
+    save_heads(HeadSet.for_sites(mid_sites), folder / "tiny_fresh.safetensors")
+    (folder / "ignored.ckpt").write_bytes(b"\x80not listed")
+    folder_paths.add_model_folder_path("maskattn", str(folder))
+    try:
+        assert "tiny_fresh.safetensors" in folder_paths.get_filename_list("maskattn")
+        assert "ignored.ckpt" not in folder_paths.get_filename_list("maskattn")
+        prompt = {
+            "1": {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "tiny SDXL, random weights (wiring only)", "seed": 0}},
+            "2": {"class_type": "MaskAttnLoadHeads", "inputs": {"heads_name": "tiny_fresh.safetensors"}},
+            "3": {"class_type": "MaskAttnApplyMaskedCrossAttention", "inputs": {
+                "model": ["1", 0], "heads": ["2", 0], "threshold": 0.5, "mode": "hard",
+                "start_percent": 0.0, "end_percent": 1.0, "apply_to_uncond": True}},
+            "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red circle"}},
+            "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+            "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 192, "batch_size": 2}},
+            "7": {"class_type": "KSampler", "inputs": {
+                "model": ["3", 0], "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+                "seed": 0, "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+            "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+        }
+        outputs = run_graph(prompt)
+        assert len(outputs["9"]["images"]) == 2
+    finally:
+        folder_paths.folder_names_and_paths["maskattn"][0].remove(str(folder))
