@@ -48,8 +48,9 @@ def load_package():
     return module
 
 
-def import_host(path: Path | None = None) -> Path:
-    """Puts the host on sys.path and imports comfy for the CPU. Idempotent."""
+def import_host(path: Path | None = None, cpu: bool | None = None) -> Path:
+    """Puts the host on sys.path and imports comfy (on the CPU when no GPU is usable, or
+    when ``cpu`` says so). Idempotent."""
     path = path or find_host()
     # `python -m pytest` from the repo root puts the root on sys.path ("" or its path),
     # where our nodes/ would shadow the host's nodes module.
@@ -61,7 +62,10 @@ def import_host(path: Path | None = None) -> Path:
     import comfy.cli_args
     # Must happen before comfy.model_management is imported, or the import looks for
     # an NVIDIA driver. Real users on a GPU start the host normally.
-    if os.environ.get("MASKATTN_DEVICE", "cpu") == "cpu":
+    if cpu is None:
+        import torch
+        cpu = not torch.cuda.is_available()
+    if cpu:
         comfy.cli_args.args.cpu = True
     # The host's main.py imports its `utils` package early; without that, comfy/utils.py
     # can end up as the top-level `utils` and a core node module fails to import.

@@ -73,7 +73,7 @@ def test_fresh_head_keeps_everything():
     head = GateHead(channels=64, key_dim=64)
     logits = head(torch.randn(2, 12, 64), torch.randn(2, 77, 64), (3, 4))
     assert logits.shape == (2, 77, 3, 4)
-    assert torch.equal(logits, torch.full_like(logits, 4.0))
+    assert torch.equal(logits, torch.full_like(logits, 1.0))
     bias, _ = gate_bias(logits)
     assert (bias == 0).all()
 

@@ -1,0 +1,153 @@
+"""The heads trainer on the tiny SDXL: the loss falls, the backbone stays frozen,
+resume is exact, and torchrun with 2 processes matches 1 process."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch.testing import assert_close
+
+from host_env import REPO
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 30)}
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory):
+    """Eight 128px images of one flat shape each, with captions naming it."""
+    folder = tmp_path_factory.mktemp("pairs")
+    for i in range(8):
+        color = list(COLORS)[i % 4]
+        kind = "circle" if i % 2 else "square"
+        img = Image.new("RGB", (128, 128), (240, 240, 240))
+        box = [10 + 8 * i, 20 + 5 * i, 60 + 8 * i, 70 + 5 * i]
+        (ImageDraw.Draw(img).ellipse if kind == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=COLORS[color])
+        img.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a {color} {kind}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_heads(host):
+    import train_heads
+    return train_heads
+
+
+def cli(train_heads, pairs_dir, out, *extra):
+    args = ["--demo-model", "tiny", "--pairs", str(pairs_dir), "--out", str(out), "--resolution", "128",
+            "--eval-pairs", "0", "--log-every", "1", *map(str, extra)]
+    assert train_heads.main(args) == 0
+    from comfyui_maskattn.maskattn_ops.heads import load_heads
+    return load_heads(out)
+
+
+@pytest.fixture(scope="module")
+def step_setup(train_heads, tiny, patching, pairs_dir):
+    """A fresh (non-inference) tiny model, its mid sites, and one encoded fixed batch."""
+    from comfyui_maskattn.maskattn_ops.sites import select_sites
+    model, clip, vae = tiny.build_all(seed=0)
+    sites = select_sites(patching.discover_sites(model), "mid-resolution")
+    pairs = train_heads.pairs_from_folder(pairs_dir)[:4]
+    latent, context, y = train_heads.Encoder(model, clip, vae, 128)(pairs, torch.device("cpu"))
+    noise, sigma = train_heads.noise_and_sigma(model.model.model_sampling, latent, 0, 0, list(range(4)))
+    return model, sites, (latent, noise, sigma, context, y)
+
+
+def test_training_lowers_the_loss_and_touches_only_heads(step_setup):
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet
+    from comfyui_maskattn.nodes.training import HeadTrainingStep
+    model, sites, batch = step_setup
+    backbone_before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    torch.manual_seed(0)
+    heads = HeadSet.for_sites(sites)
+    step = HeadTrainingStep(model, heads, mode="hard")
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-2, weight_decay=0.0)
+    with torch.no_grad():
+        before = step(*batch).item()
+    for _ in range(15):
+        optimizer.zero_grad()
+        step(*batch).backward()
+        assert all(p.grad is None for p in model.model.parameters())
+        assert all(p.grad is not None for p in heads.parameters())
+        optimizer.step()
+    with torch.no_grad():
+        after = step(*batch).item()
+    assert after < 0.995 * before, (before, after)
+    for k, v in model.model.state_dict().items():
+        assert torch.equal(v, backbone_before[k]), k
+
+
+def test_loss_is_the_models_own_epsilon_mse(step_setup):
+    """For an EPS model the loss equals || eps_pred - eps ||^2 computed by hand."""
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet
+    from comfyui_maskattn.nodes.training import HeadTrainingStep
+    model, sites, (latent, noise, sigma, context, y) = step_setup
+    step = HeadTrainingStep(model, HeadSet.for_sites(sites))
+    base = model.model
+    with torch.no_grad():
+        loss = step(latent, noise, sigma, context, y)
+        x = latent + noise * sigma[:, None, None, None]
+        denoised = base.apply_model(x, sigma, c_crossattn=context, y=y,
+                                    transformer_options={"cond_or_uncond": [0], "sigmas": sigma})
+        eps_pred = (x - denoised) / sigma[:, None, None, None]
+    assert_close(loss, (eps_pred - noise).pow(2).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_resume_continues_exactly(train_heads, pairs_dir, tmp_path):
+    straight = cli(train_heads, pairs_dir, tmp_path / "straight.safetensors", "--steps", 4, "--batch-size", 2)
+    cli(train_heads, pairs_dir, tmp_path / "resumed.safetensors", "--steps", 2, "--batch-size", 2, "--checkpoint-every", 2)
+    resumed = cli(train_heads, pairs_dir, tmp_path / "resumed.safetensors", "--steps", 4, "--batch-size", 2, "--resume")
+    assert resumed.training_summary["steps"] == 4
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_torchrun_two_processes_match_one(train_heads, pairs_dir, tmp_path):
+    one = cli(train_heads, pairs_dir, tmp_path / "one.safetensors", "--steps", 2, "--batch-size", 2)
+    two_path = tmp_path / "two.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(REPO / "scripts" / "train_heads.py"), "--demo-model", "tiny", "--pairs", str(pairs_dir),
+         "--out", str(two_path), "--resolution", "128", "--eval-pairs", "0", "--steps", "2", "--batch-size", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from comfyui_maskattn.maskattn_ops.heads import load_heads
+    two = load_heads(two_path)
+    assert two.training_summary["global_batch"] == one.training_summary["global_batch"] == 2
+    # Batched vs per-process forward passes round differently. AdamW divides each
+    # element's gradient by its own magnitude, so an element whose gradient is ~0 can move
+    # by up to lr per step either way on rounding alone: all but a handful of elements
+    # must agree to 5e-5, and none may differ by more than two full steps (2 x 2 x lr).
+    moved, total, off = 0.0, 0, 0
+    fresh = _fresh_heads_like(one)
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items()):
+        diff = (a - b).abs()
+        assert diff.max() <= 4e-3, name
+        off += int((diff > 5e-5 + 1e-4 * a.abs()).sum())
+        total += a.numel()
+        moved = max(moved, float((a - fresh[name]).abs().max()))
+    assert off <= total * 1e-3, (off, total)
+    assert moved > 1e-3     # training moved the heads far more than the tolerance
+
+
+def _fresh_heads_like(heads):
+    """The heads the trainer starts from (it seeds torch with --seed 0 first)."""
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet
+    torch.manual_seed(0)
+    return HeadSet(heads.site_shapes(), context_dim=heads.context_dim, embed_dim=heads.embed_dim).state_dict()
+
+
+def test_coco_captions_json(train_heads, tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "img" / "a.jpg")
+    data = {"images": [{"id": 7, "file_name": "a.jpg"}, {"id": 8, "file_name": "missing.jpg"}],
+            "annotations": [{"image_id": 7, "caption": " a red circle "}, {"image_id": 7, "caption": "a circle"},
+                            {"image_id": 9, "caption": "no image"}]}
+    (tmp_path / "captions.json").write_text(json.dumps(data))
+    pairs = train_heads.pairs_from_coco(tmp_path / "captions.json", tmp_path / "img")
+    assert pairs == [(tmp_path / "img" / "a.jpg", "a red circle"), (tmp_path / "img" / "a.jpg", "a circle")]
+    with pytest.raises(SystemExit):
+        train_heads.parse_args(["--demo-model", "tiny", "--coco-captions", "x.json", "--out", "h.safetensors"])
+    assert "--coco-captions needs --images" in capsys.readouterr().err
