@@ -98,3 +98,26 @@ def gate_bias(logits: torch.Tensor, threshold: float = 0.5, mode: str = "hard") 
         gate = torch.where(is_start, 1.0, torch.sigmoid(logits))
         bias = torch.where(is_start, 0.0, nn.functional.logsigmoid(logits)).clamp(min=NEG)
     return rearrange(bias, "b t h w -> b 1 (h w) t"), gate
+
+
+MaskTarget = tuple  # (context positions of a phrase, mask (H, W) in [0, 1] at image size)
+
+
+def mask_supervision_loss(site_logits: list[torch.Tensor], targets: list[list[MaskTarget]]) -> torch.Tensor:
+    """BCE between the gate probabilities of a phrase's tokens and the phrase's instance
+    mask, area-resized to each site's grid; the mean over sites, samples and phrases.
+
+    Beyond the paper (which trains with the diffusion loss alone): an optional term for
+    data that has instance masks, e.g. COCO instances.
+    """
+    terms = []
+    for logits in site_logits:                               # (B, T, h, w)
+        h, w = logits.shape[-2:]
+        for b, sample_targets in enumerate(targets):
+            for positions, mask in sample_targets:
+                grid = nn.functional.adaptive_avg_pool2d(mask[None, None].to(logits), (h, w))[0, 0]   # (h, w)
+                chosen = logits[b, positions].float()                                         # (P, h, w)
+                terms.append(nn.functional.binary_cross_entropy_with_logits(chosen, grid.expand_as(chosen)))
+    if not terms:
+        return site_logits[0].new_zeros(()) if site_logits else torch.zeros(())
+    return torch.stack(terms).mean()

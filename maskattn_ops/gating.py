@@ -25,6 +25,8 @@ class GateBias:
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     apply_to_uncond: bool = True
+    # Set by the trainer for the length of one step (mask supervision reads the logits).
+    capture: list | None = None
 
     def active(self, sigmas: torch.Tensor) -> bool:
         sigma = float(sigmas.max())
@@ -36,6 +38,8 @@ class GateBias:
         head = self.heads.head(call.site.name)
         dtype = head.bias.dtype
         logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)       # (B, T, h, w)
+        if self.capture is not None:
+            self.capture.append(logits)
         bias, _ = gate_bias(logits, self.threshold, self.mode)             # (B, 1, N, T)
         if not self.apply_to_uncond:
             bias = bias.masked_fill(call.is_uncond().to(bias.device)[:, None, None, None], 0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..maskattn_ops.gates import mask_supervision_loss
 from ..maskattn_ops.gating import GateBias
 from ..maskattn_ops.heads import HeadSet
 from . import patching
@@ -26,25 +27,37 @@ def output_scale(model_sampling, sigma: torch.Tensor, like: torch.Tensor) -> tor
 
 
 class HeadTrainingStep(nn.Module):
-    """forward(latent, noise, sigma, context, y) -> scalar loss, gradients only into heads.
+    """forward(latent, noise, sigma, context, y, targets) -> scalar loss, gradients only
+    into heads. ``targets`` (per sample: [(phrase positions, mask)]) adds
+    ``mask_weight`` x the mask supervision term (beyond the paper, see gates.py).
 
     The frozen ModelPatcher is held outside the module tree (DDP must neither broadcast
     nor track the backbone); ``heads`` is the only registered submodule.
     """
 
-    def __init__(self, model, heads: HeadSet, threshold: float = 0.5, mode: str = "hard"):
+    def __init__(self, model, heads: HeadSet, threshold: float = 0.5, mode: str = "hard", mask_weight: float = 0.0):
         super().__init__()
         self.heads = heads
-        patched = patching.install_bias(model, GateBias(heads, threshold=threshold, mode=mode), heads.site_names)
+        self.mask_weight = mask_weight
+        self._gates = GateBias(heads, threshold=threshold, mode=mode)
+        patched = patching.install_bias(model, self._gates, heads.site_names)
         self._frozen = {"base": patched.model, "options": patched.model_options["transformer_options"]}
         for p in patched.model.parameters():
             p.requires_grad_(False)
 
-    def forward(self, latent, noise, sigma, context, y):
+    def forward(self, latent, noise, sigma, context, y, targets=None):
         base = self._frozen["base"]
         sampling = base.model_sampling
         x = sampling.noise_scaling(sigma, noise, latent)
         options = {**self._frozen["options"], "cond_or_uncond": [0], "sigmas": sigma}
-        denoised = base.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)
-        error = (denoised - latent) / output_scale(sampling, sigma, latent)
-        return error.pow(2).mean()
+        supervise = self.mask_weight > 0 and targets is not None and any(targets)
+        self._gates.capture = [] if supervise else None
+        try:
+            denoised = base.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)
+            error = (denoised - latent) / output_scale(sampling, sigma, latent)
+            loss = error.pow(2).mean()
+            if supervise:
+                loss = loss + self.mask_weight * mask_supervision_loss(self._gates.capture, targets)
+            return loss
+        finally:
+            self._gates.capture = None

@@ -6,7 +6,9 @@
     torchrun --nproc_per_node 8 scripts/train_heads.py ...      # DDP, one GPU per process
 
 Data: a folder of image + caption pairs (``x.png`` + ``x.txt``), or a COCO captions JSON
-with its image folder. Images are VAE-encoded and captions CLIP-encoded with the
+with its image folder. Optional mask supervision (beyond the paper): instance masks per
+phrase of the caption (``x.masks.json`` in the folder, or --coco-instances) add a BCE
+term on the gates of the phrase's tokens, weighted by --mask-weight. Images are VAE-encoded and captions CLIP-encoded with the
 checkpoint's own models; the loss is the diffusion loss in the model's own output space
 at sigmas of its own schedule (nodes/training.py). Only the heads train. A resume file
 (``--out`` + ".resume.pt": heads, optimizer, step) is written every --checkpoint-every
@@ -19,13 +21,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import host_env  # noqa: E402
@@ -35,34 +40,78 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 # data ------------------------------------------------------------------------------
-def pairs_from_folder(folder: Path) -> list[tuple[Path, str]]:
-    pairs = []
+@dataclass
+class Sample:
+    image: Path
+    caption: str
+    # phrase of the caption -> its instance mask at image size (mask supervision only)
+    masks: dict[str, Callable[[], Image.Image]] = field(default_factory=dict)
+
+
+def pairs_from_folder(folder: Path) -> list[Sample]:
+    """``x.png`` + ``x.txt``; optional ``x.masks.json``: {"phrase": "mask.png", ...}."""
+    samples = []
     for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         caption = image.with_suffix(".txt")
-        if caption.is_file():
-            pairs.append((image, caption.read_text().strip()))
-    if not pairs:
+        if not caption.is_file():
+            continue
+        masks_json = image.with_suffix(".masks.json")
+        masks = {}
+        if masks_json.is_file():
+            masks = {phrase: (lambda f=folder / name: Image.open(f).convert("L"))
+                     for phrase, name in json.loads(masks_json.read_text()).items()}
+        samples.append(Sample(image, caption.read_text().strip(), masks))
+    if not samples:
         raise SystemExit(f"--pairs {folder}: no image with a same-named .txt caption")
-    return pairs
+    return samples
 
 
-def pairs_from_coco(captions_json: Path, images: Path) -> list[tuple[Path, str]]:
+def polygon_mask(size: tuple[int, int], polygons: list[list[float]]) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    for poly in polygons:
+        ImageDraw.Draw(mask).polygon(list(zip(poly[0::2], poly[1::2])), fill=255)
+    return mask
+
+
+def pairs_from_coco(captions_json: Path, images: Path, instances_json: Path | None = None) -> list[Sample]:
+    """COCO captions (one sample per caption); with COCO instances, each category whose
+    name is in the caption gets the union of its polygon masks (crowd RLEs are skipped)."""
     data = json.loads(captions_json.read_text())
-    files = {img["id"]: images / img["file_name"] for img in data["images"]}
-    pairs = [(files[a["image_id"]], a["caption"].strip()) for a in data["annotations"] if a["image_id"] in files]
-    if not pairs:
+    info = {img["id"]: img for img in data["images"]}
+    masks_by_image: dict[int, dict[str, list]] = {}
+    if instances_json:
+        inst = json.loads(instances_json.read_text())
+        names = {c["id"]: c["name"] for c in inst["categories"]}
+        for ann in inst["annotations"]:
+            if isinstance(ann.get("segmentation"), list):
+                masks_by_image.setdefault(ann["image_id"], {}).setdefault(names[ann["category_id"]], []).extend(ann["segmentation"])
+    samples = []
+    for a in data["annotations"]:
+        img = info.get(a["image_id"])
+        if img is None:
+            continue
+        caption = a["caption"].strip()
+        size = (img.get("width", 0), img.get("height", 0))
+        masks = {name: (lambda s=size, p=polys: polygon_mask(s, p))
+                 for name, polys in masks_by_image.get(a["image_id"], {}).items()
+                 if re.search(rf"\b{re.escape(name)}\b", caption, re.IGNORECASE)}
+        samples.append(Sample(images / img["file_name"], caption, masks))
+    if not samples:
         raise SystemExit(f"--coco-captions {captions_json}: no captions for images in {images}")
-    return pairs
+    return samples
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """Shorter side to ``size``, centre crop: (size, size, 3) in [0, 1], as IMAGE."""
-    img = Image.open(path).convert("RGB")
+def fit(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``, centre crop to size x size (images and masks alike)."""
     scale = size / min(img.size)
     img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """(size, size, 3) in [0, 1], as IMAGE."""
+    return torch.from_numpy(np.asarray(fit(Image.open(path).convert("RGB"), size), dtype=np.float32) / 255.0)
 
 
 def epoch_order(n: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list[int]]:
@@ -93,17 +142,23 @@ class Encoder:
         self.model, self.clip, self.vae, self.resolution = model, clip, vae, resolution
 
     @torch.no_grad()
-    def __call__(self, pairs: list[tuple[Path, str]], device):
-        images = torch.stack([load_image(p, self.resolution) for p, _ in pairs])
+    def __call__(self, samples: list[Sample], device):
+        """-> latent, context, y, targets (per sample: [(phrase positions, mask (H, W))])."""
+        from comfyui_maskattn.nodes import text
+        images = torch.stack([load_image(s.image, self.resolution) for s in samples])
         latent = self.model.model.process_latent_in(self.vae.encode(images)).to(device)
-        contexts, pooled = [], []
-        for _, caption in pairs:
-            cond, pool = self.clip.encode_from_tokens(self.clip.tokenize(caption), return_pooled=True)
+        contexts, pooled, targets = [], [], []
+        for s in samples:
+            tokens = text.tokenize(self.clip, s.caption)   # one tokenization: encoding and positions
+            cond, pool = self.clip.encode_from_tokens(tokens, return_pooled=True)
             contexts.append(cond)
             pooled.append(pool)
+            targets.append([(text.positions(self.clip, tokens, phrase),
+                             torch.from_numpy(np.asarray(fit(mask(), self.resolution), dtype=np.float32) / 255.0))
+                            for phrase, mask in s.masks.items()])
         r = self.resolution
         y = self.model.model.encode_adm(pooled_output=torch.cat(pooled), width=r, height=r, target_width=r, target_height=r)
-        return latent, torch.cat(contexts).to(device), y.to(device)
+        return latent, torch.cat(contexts).to(device), y.to(device), targets
 
 
 def noise_and_sigma(model_sampling, latent: torch.Tensor, seed: int, step: int, indices: list[int]):
@@ -125,9 +180,9 @@ def fixed_batch_loss(step_module, encode, pairs, sampling, seed: int, device, co
     """The loss on the first ``count`` pairs with fixed noise and sigmas: comparable
     before and after training, unlike the noisy per-step loss."""
     indices = list(range(min(count, len(pairs))))
-    latent, context, y = encode([pairs[i] for i in indices], device)
+    latent, context, y, targets = encode([pairs[i] for i in indices], device)
     noise, sigma = noise_and_sigma(sampling, latent, seed, EVAL_STEP, indices)
-    return step_module(latent, noise, sigma, context, y).item()
+    return step_module(latent, noise, sigma, context, y, targets).item()
 
 
 # loop -------------------------------------------------------------------------------
@@ -140,6 +195,9 @@ def parse_args(argv=None):
     data.add_argument("--pairs", type=Path, help="folder of image + same-named .txt caption")
     data.add_argument("--coco-captions", type=Path, help="COCO captions JSON (with --images)")
     p.add_argument("--images", type=Path, help="image folder of --coco-captions")
+    p.add_argument("--coco-instances", type=Path, help="COCO instances JSON: masks for mask supervision")
+    p.add_argument("--mask-weight", type=float, default=1.0,
+                   help="weight of the mask supervision term where masks are given (beyond the paper; 0: off)")
     p.add_argument("--out", type=Path, required=True, help="heads file to write (.safetensors)")
     p.add_argument("--sites", default="mid-resolution", help='"mid-resolution", "all" or site names, comma-separated')
     p.add_argument("--steps", type=int, default=1000)
@@ -185,7 +243,8 @@ def main(argv=None) -> int:
     comfy.model_management.load_models_gpu([model], force_full_load=True)
     sites = select_sites(patching.discover_sites(model), args.sites.split(",") if "," in args.sites else args.sites)
     heads = HeadSet.for_sites(sites, embed_dim=args.embed_dim, threshold=args.threshold).to(device)
-    step_module = HeadTrainingStep(model, heads, threshold=args.threshold, mode=args.mode)
+    step_module = HeadTrainingStep(model, heads, threshold=args.threshold, mode=args.mode,
+                                   mask_weight=args.mask_weight)
     trainer = step_module
     if world > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if use_cuda else None)
@@ -200,7 +259,7 @@ def main(argv=None) -> int:
         step = state["step"]
         log.info(f"resumed from {resume_path} at step {step}")
 
-    pairs = pairs_from_folder(args.pairs) if args.pairs else pairs_from_coco(args.coco_captions, args.images)
+    pairs = pairs_from_folder(args.pairs) if args.pairs else pairs_from_coco(args.coco_captions, args.images, args.coco_instances)
     encode = Encoder(model, clip, vae, args.resolution)
     batches_per_epoch = len(pairs) // world // args.batch_size
     if batches_per_epoch == 0:
@@ -215,10 +274,10 @@ def main(argv=None) -> int:
     while step < args.steps:
         epoch, b = divmod(step, batches_per_epoch)
         indices = epoch_order(len(pairs), epoch, args.seed, rank, world, args.batch_size)[b]
-        latent, context, y = encode([pairs[i] for i in indices], device)
+        latent, context, y, targets = encode([pairs[i] for i in indices], device)
         noise, sigma = noise_and_sigma(sampling, latent, args.seed, step, indices)
         with autocast:
-            loss = trainer(latent, noise, sigma, context, y)
+            loss = trainer(latent, noise, sigma, context, y, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -240,6 +299,7 @@ def main(argv=None) -> int:
         heads.training_summary = {
             "steps": step, "global_batch": args.batch_size * world, "lr": args.lr, "seed": args.seed,
             "resolution": args.resolution, "pairs": len(pairs), "sites": args.sites, "mode": args.mode,
+            "mask_supervision": args.mask_weight if any(s.masks for s in pairs) else 0.0,
             "base": args.ckpt.name if args.ckpt else f"demo:{args.demo_model}",
             "final_loss": losses[-1] if losses else None, "fixed_batch_loss": [eval_before, eval_after], "method": "diffusion loss, frozen backbone (arXiv 2509.15357)",
         }

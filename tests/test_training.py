@@ -2,6 +2,8 @@
 resume is exact, and torchrun with 2 processes matches 1 process."""
 import json
 import subprocess
+
+import numpy as np
 import sys
 
 import pytest
@@ -26,6 +28,10 @@ def pairs_dir(tmp_path_factory):
         (ImageDraw.Draw(img).ellipse if kind == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=COLORS[color])
         img.save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(f"a {color} {kind}")
+        mask = Image.new("L", (128, 128), 0)
+        (ImageDraw.Draw(mask).ellipse if kind == "circle" else ImageDraw.Draw(mask).rectangle)(box, fill=255)
+        mask.save(folder / f"{i}.mask.png")
+        (folder / f"{i}.masks.json").write_text(json.dumps({f"{color} {kind}": f"{i}.mask.png"}))
     return folder
 
 
@@ -50,7 +56,7 @@ def step_setup(train_heads, tiny, patching, pairs_dir):
     model, clip, vae = tiny.build_all(seed=0)
     sites = select_sites(patching.discover_sites(model), "mid-resolution")
     pairs = train_heads.pairs_from_folder(pairs_dir)[:4]
-    latent, context, y = train_heads.Encoder(model, clip, vae, 128)(pairs, torch.device("cpu"))
+    latent, context, y, _ = train_heads.Encoder(model, clip, vae, 128)(pairs, torch.device("cpu"))
     noise, sigma = train_heads.noise_and_sigma(model.model.model_sampling, latent, 0, 0, list(range(4)))
     return model, sites, (latent, noise, sigma, context, y)
 
@@ -147,7 +153,63 @@ def test_coco_captions_json(train_heads, tmp_path, capsys):
                             {"image_id": 9, "caption": "no image"}]}
     (tmp_path / "captions.json").write_text(json.dumps(data))
     pairs = train_heads.pairs_from_coco(tmp_path / "captions.json", tmp_path / "img")
-    assert pairs == [(tmp_path / "img" / "a.jpg", "a red circle"), (tmp_path / "img" / "a.jpg", "a circle")]
+    assert [(s.image, s.caption, s.masks) for s in pairs] == [
+        (tmp_path / "img" / "a.jpg", "a red circle", {}), (tmp_path / "img" / "a.jpg", "a circle", {})]
     with pytest.raises(SystemExit):
         train_heads.parse_args(["--demo-model", "tiny", "--coco-captions", "x.json", "--out", "h.safetensors"])
     assert "--coco-captions needs --images" in capsys.readouterr().err
+
+
+def test_coco_instances_give_masks_for_named_categories(train_heads, tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (40, 20)).save(tmp_path / "img" / "a.jpg")
+    captions = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 20}],
+                "annotations": [{"image_id": 1, "caption": "A dog next to a cat."}]}
+    instances = {"categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}, {"id": 3, "name": "car"}],
+                 "annotations": [{"image_id": 1, "category_id": 18, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+                                 {"image_id": 1, "category_id": 17, "segmentation": {"counts": "crowd-rle"}},
+                                 {"image_id": 1, "category_id": 3, "segmentation": [[20, 0, 30, 0, 30, 10]]}]}
+    (tmp_path / "c.json").write_text(json.dumps(captions))
+    (tmp_path / "i.json").write_text(json.dumps(instances))
+    [sample] = train_heads.pairs_from_coco(tmp_path / "c.json", tmp_path / "img", tmp_path / "i.json")
+    assert set(sample.masks) == {"dog"}          # cat is an RLE crowd, car is not in the caption
+    mask = np.asarray(sample.masks["dog"]())
+    assert mask.shape == (20, 40) and mask[5, 5] == 255 and mask[15, 30] == 0
+
+
+def test_mask_supervision_pulls_gates_toward_masks(train_heads, tiny, patching, pairs_dir):
+    """With instance masks (beyond the paper), the BCE term on the phrase tokens' gate
+    probabilities falls as the heads train."""
+    from comfyui_maskattn.maskattn_ops.gates import mask_supervision_loss
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet
+    from comfyui_maskattn.maskattn_ops.sites import select_sites
+    from comfyui_maskattn.nodes.training import HeadTrainingStep
+    model, clip, vae = tiny.build_all(seed=0)
+    samples = train_heads.pairs_from_folder(pairs_dir)[:4]
+    assert all(s.masks for s in samples)
+    latent, context, y, targets = train_heads.Encoder(model, clip, vae, 128)(samples, torch.device("cpu"))
+    assert [len(p) for t in targets for p, _ in t] == [2, 2, 2, 2]      # "<color> <kind>": two tokens
+    noise, sigma = train_heads.noise_and_sigma(model.model.model_sampling, latent, 0, 0, list(range(4)))
+    torch.manual_seed(0)
+    heads = HeadSet.for_sites(select_sites(patching.discover_sites(model), "mid-resolution"))
+    step = HeadTrainingStep(model, heads, mask_weight=1.0)
+
+    def supervision_term():
+        captured = []
+        step._gates.capture = captured
+        try:
+            with torch.no_grad():
+                patched_options = {**step._frozen["options"], "cond_or_uncond": [0], "sigmas": sigma}
+                x = model.model.model_sampling.noise_scaling(sigma, noise, latent)
+                model.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=patched_options)
+            return mask_supervision_loss(captured, targets).item()
+        finally:
+            step._gates.capture = None
+
+    before = supervision_term()
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(10):
+        optimizer.zero_grad()
+        step(latent, noise, sigma, context, y, targets).backward()
+        optimizer.step()
+    assert supervision_term() < 0.95 * before
