@@ -1,12 +1,16 @@
-"""The learned-gate bias provider: what Apply Masked Cross-Attention installs at each
-gated site (MaskAttn-SDXL, arXiv 2509.15357, Sec. 2.2)."""
+"""The learned-gate bias providers that Apply Masked Cross-Attention installs at each
+gated site: the cross-attention gate (MaskAttn-SDXL, arXiv 2509.15357, Sec. 2.2) and the
+optional self-attention gate (the paper's open question, our design)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from .gates import gate_bias
+from einops import rearrange
+
+from .attention import suppress
+from .gates import gate_bias, start_tokens
 from .heads import HeadSet
 from .sites import SiteCall
 
@@ -25,6 +29,8 @@ class GateBias:
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     apply_to_uncond: bool = True
+    # Keep each site's latest hard gate in the run store, for SelfAttentionGate.
+    share_gates: bool = False
     # Set by the trainer for the length of one step (mask supervision reads the logits).
     capture: list | None = None
 
@@ -40,11 +46,63 @@ class GateBias:
         logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)       # (B, T, h, w)
         if self.capture is not None:
             self.capture.append(logits)
-        bias, _ = gate_bias(logits, self.threshold, self.mode)             # (B, 1, N, T)
+        bias, gate = gate_bias(logits, self.threshold, self.mode)          # (B, 1, N, T), (B, T, h, w)
+        active = gate.detach() >= self.threshold
         if not self.apply_to_uncond:
-            bias = bias.masked_fill(call.is_uncond().to(bias.device)[:, None, None, None], 0.0)
+            uncond = call.is_uncond().to(bias.device)
+            bias = bias.masked_fill(uncond[:, None, None, None], 0.0)
+            active = active | uncond[:, None, None, None]
+        if self.share_gates and call.run is not None:
+            call.run.data[("gates", call.site.name)] = (call.cond_or_uncond, active)
         return bias
 
+    def to(self, device_or_dtype):
+        """The host calls this with the load/offload device and with the model's dtype."""
+        param = next(self.heads.parameters())
+        current = param.dtype if isinstance(device_or_dtype, torch.dtype) else param.device
+        if current != (device_or_dtype if isinstance(device_or_dtype, torch.dtype) else torch.device(device_or_dtype)):
+            self.heads.to(device_or_dtype)
+        return self
+
+
+def self_attention_bias(active: torch.Tensor) -> torch.Tensor:
+    """Hard gates (B, T, h, w) -> self-attention bias (B, 1, N, N).
+
+    A query location may attend a key location that shares an active OBJECT token with
+    it, or that no object token claims. Object tokens are the spatially selective ones:
+    active somewhere but not everywhere (start tokens excluded); a token active
+    everywhere (padding, style words) separates nothing. Every row keeps at least itself:
+    a claimed location shares its own tokens, an unclaimed one is open to all.
+    """
+    gates = rearrange(active, "b t h w -> b (h w) t") & ~start_tokens(active.shape[1]).to(active.device)
+    coverage = gates.float().mean(dim=1)                               # (B, T)
+    objects = (coverage > 0) & (coverage < 1)
+    claims = (gates & objects[:, None, :]).float()                     # (B, N, T)
+    shares = torch.bmm(claims, claims.transpose(1, 2)) > 0             # (B, N, N)
+    unclaimed = claims.sum(dim=-1) == 0                                # (B, N)
+    return suppress(shares | unclaimed[:, None, :])[:, None]          # (B, 1, N, N)
+
+
+@dataclass
+class SelfAttentionGate:
+    """Self-attention gating at a gated site, from the site's cross-attention gates.
+
+    Self-attention runs before cross-attention in a transformer block, and the gate
+    depends on the block's input after self-attention, so this evaluation's gate does
+    not exist yet: the latest one does, from the previous evaluation with the same
+    batch layout (the previous step), kept in the run store. The first evaluation of a
+    run, and any with another layout, are left ungated.
+    """
+    source: GateBias
+
+    def __call__(self, call: SiteCall) -> torch.Tensor | None:
+        if call.run is None or not self.source.active(call.sigmas):
+            return None
+        stored = call.run.data.get(("gates", call.site.name))
+        if stored is None or stored[0] != call.cond_or_uncond or stored[1].shape[0] != call.batch:
+            return None
+        return self_attention_bias(stored[1])
+
     def to(self, device):
-        self.heads.to(device)
+        self.source.to(device)
         return self

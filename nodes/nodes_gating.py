@@ -5,7 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..maskattn_ops.gates import GATE_MODES
-from ..maskattn_ops.gating import GateBias
+from ..maskattn_ops.gating import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
 from .model_folders import HEADS_FOLDER
@@ -67,13 +67,17 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
                                tooltip="Sampling progress at which gating stops."),
                 io.Boolean.Input("apply_to_uncond", default=True,
                                  tooltip="Gate the negative prompt's pass too."),
+                io.Boolean.Input("self_attention_gating", default=False, optional=True,
+                                 tooltip="Also gate self-attention at the same sites: a location attends only "
+                                         "locations that share an object token's gate with it, or that no object "
+                                         "token claims. Uses the previous step's gates (beyond the paper)."),
             ],
             outputs=[io.Model.Output(tooltip="The gated model.")],
         )
 
     @classmethod
     def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
-                end_percent: float, apply_to_uncond: bool) -> io.NodeOutput:
+                end_percent: float, apply_to_uncond: bool, self_attention_gating: bool = False) -> io.NodeOutput:
         if start_percent > end_percent:
             raise ValueError(f"Apply Masked Cross-Attention: start_percent {start_percent} is after end_percent {end_percent}")
         try:
@@ -84,5 +88,9 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
         provider = GateBias(heads, threshold=threshold, mode=mode,
                             sigma_start=sampling.percent_to_sigma(start_percent),
                             sigma_end=sampling.percent_to_sigma(end_percent),
-                            apply_to_uncond=apply_to_uncond)
-        return io.NodeOutput(patching.install_bias(model, provider, heads.site_names))
+                            apply_to_uncond=apply_to_uncond, share_gates=self_attention_gating)
+        gated = patching.install_bias(model, provider, heads.site_names)
+        if self_attention_gating:
+            gated = patching.with_run_state(
+                patching.install_bias(gated, SelfAttentionGate(provider), heads.site_names, layer="attn1"))
+        return io.NodeOutput(gated)

@@ -19,11 +19,17 @@ from typing import Callable, Iterable, Protocol
 import torch
 
 import comfy.ldm.modules.attention as host_attention
+import comfy.model_patcher
+import comfy.patcher_extension
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 from comfy.model_patcher import ModelPatcher
 
 from ..maskattn_ops.attention import biased_attention
-from ..maskattn_ops.sites import Site, SiteCall, select_sites, token_grid
+from ..maskattn_ops.sites import RunStore, Site, SiteCall, select_sites, token_grid
+
+# transformer_options key of the per-sampling-run store (see with_run_state)
+RUN_STATE_KEY = "maskattn_run"
+ATTENTION_LAYERS = ("attn1", "attn2")   # self-attention, cross-attention
 
 
 class BiasProvider(Protocol):
@@ -54,6 +60,7 @@ def site_call(site: Site, q: torch.Tensor, k: torch.Tensor, extra_options: dict)
         sigmas=sigmas,
         q=q,
         k=k,
+        run=extra_options.get(RUN_STATE_KEY),
     )
 
 
@@ -66,7 +73,8 @@ def host_attention_op(q, k, v, extra_options) -> torch.Tensor:
 
 
 class SiteAttention:
-    """The attn2 replace at one site: plain attention plus the providers' biases.
+    """The attention replace (attn2, or attn1 for self-attention) at one site: plain
+    attention plus the providers' biases.
 
     ``chained`` is a replace that another pack had installed at this site (e.g.
     IPAdapter's, which is plain attention plus its own terms). It still runs, and the
@@ -159,11 +167,15 @@ def discover_sites(model: ModelPatcher) -> list[Site]:
     return sites
 
 
-def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Iterable[str] = "mid-resolution") -> ModelPatcher:
-    """A clone of ``model`` whose chosen sites add ``provider``'s bias; ``model`` itself
-    is left untouched. ``sites``: "mid-resolution", "all", or site names ("input.4.0")."""
+def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Iterable[str] = "mid-resolution",
+                 layer: str = "attn2") -> ModelPatcher:
+    """A clone of ``model`` whose chosen sites add ``provider``'s bias to their
+    cross-attention (``layer`` "attn2") or self-attention ("attn1"); ``model`` itself is
+    left untouched. ``sites``: "mid-resolution", "all", or site names ("input.4.0")."""
+    if layer not in ATTENTION_LAYERS:
+        raise ValueError(f"layer must be one of {ATTENTION_LAYERS}, got {layer!r}")
     patched = model.clone()
-    replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get(layer, {})
     for site in select_sites(discover_sites(model), sites):
         # The host tries (block, id, index) before (block, id): chain whichever it would run.
         existing = replaces.get(site.key, replaces.get(site.key[:2]))
@@ -171,5 +183,26 @@ def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Itera
             op = existing.with_provider(provider)
         else:
             op = SiteAttention(site, [provider], chained=existing)
-        patched.set_model_attn2_replace(op, *site.key)
+        patched.set_model_patch_replace(op, layer, *site.key)
     return patched
+
+
+def _run_state_wrapper(executor, *args, **kwargs):
+    """OUTER_SAMPLE: a fresh store for this sampling run (providers pass data from one
+    site call to a later one through it), dropped when the run ends, however it ends."""
+    guider = executor.class_obj
+    original = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+    guider.model_options["transformer_options"][RUN_STATE_KEY] = RunStore()
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = original
+
+
+def with_run_state(model: ModelPatcher) -> ModelPatcher:
+    """Gives ``model`` (a clone of ours) a per-run store, visible to providers as
+    ``SiteCall.run``. Idempotent."""
+    if not model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY):
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY, _run_state_wrapper)
+    return model

@@ -140,3 +140,97 @@ def test_load_and_apply_inside_a_graph(run_graph, tmp_path, patching, tiny_model
         assert len(outputs["9"]["images"]) == 2
     finally:
         folder_paths.folder_names_and_paths["maskattn"][0].remove(str(folder))
+
+
+class HalvesHead(GateHead):
+    """Token 2 acts in the left half of the grid only, token 3 in the right half only."""
+    def forward(self, q, k, grid):
+        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0)
+        half = grid[1] // 2
+        logits[:, 2, :, half:] = -10.0
+        logits[:, 3, :, :half] = -10.0
+        return logits
+
+
+def halves_heads(sites):
+    heads = fresh_heads(sites)
+    for name in heads.site_names:
+        heads.heads[name.replace(".", "_")] = HalvesHead(*heads.site_shapes()[name])
+    return heads
+
+
+def attn1_ops(model):
+    return model.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {})
+
+
+def test_self_attention_gating_is_off_by_default(nodes_gating, tiny_models, mid_sites):
+    assert not attn1_ops(apply(nodes_gating, tiny_models[0], fresh_heads(mid_sites)))
+    on = apply(nodes_gating, tiny_models[0], fresh_heads(mid_sites), self_attention_gating=True)
+    assert set(attn1_ops(on)) == {s.key for s in mid_sites}
+
+
+def test_self_attention_gating_with_fresh_heads_changes_nothing(nodes_gating, tiny_models, mid_sites, sample):
+    model = tiny_models[0]
+    on = apply(nodes_gating, model, fresh_heads(mid_sites), self_attention_gating=True)
+    assert_same_run(sample(on), sample(model))
+
+
+def test_self_attention_gating_uses_the_previous_steps_gates(nodes_gating, tiny_models, mid_sites, sample):
+    from comfyui_maskattn.nodes.patching import RUN_STATE_KEY
+    model = tiny_models[0]
+    heads = halves_heads(mid_sites)
+    cross_only = sample(apply(nodes_gating, model, heads), steps=3)
+    gated = apply(nodes_gating, model, heads, self_attention_gating=True)
+    op = attn1_ops(gated)[mid_sites[0].key]
+    provider = op.providers[-1]
+    seen = []
+
+    def record(call):
+        bias = provider(call)
+        seen.append((dict(call.run.data), bias))
+        return bias
+
+    op.providers[-1] = record
+    both = sample(gated, steps=3)
+    assert torch.isfinite(both).all() and (both - cross_only).abs().max() > 1e-3
+    assert seen[0][0] == {} and seen[0][1] is None           # the run's first evaluation: no gates yet
+    biases = [b for _, b in seen if b is not None]
+    assert len(biases) == len(seen) - 1                       # every later evaluation is gated
+    h, w = 8, 8                                               # 16x16 latent, mid-resolution
+    left = torch.tensor([c < w // 2 for r in range(h) for c in range(w)])
+    for bias in biases:
+        allowed = bias[:, 0] == 0                             # (B, N, N)
+        assert torch.equal(allowed, (left[:, None] == left[None, :]).expand_as(allowed))
+    assert RUN_STATE_KEY not in gated.model_options["transformer_options"]   # dropped after the run
+
+
+def test_run_store_is_fresh_after_an_interrupted_run(nodes_gating, tiny_models, mid_sites, sample):
+    gated = apply(nodes_gating, tiny_models[0], halves_heads(mid_sites), self_attention_gating=True)
+    op = attn1_ops(gated)[mid_sites[0].key]
+    provider = op.providers[-1]
+    runs = []
+
+    def failing(call):
+        runs.append(dict(call.run.data))
+        if len(runs) == 3:
+            raise KeyboardInterrupt("stop")
+        return provider(call)
+
+    op.providers[-1] = failing
+    with pytest.raises(KeyboardInterrupt):
+        sample(gated, steps=3)
+    runs.clear()
+    op.providers[-1] = lambda call: runs.append(dict(call.run.data)) or provider(call)
+    sample(gated, steps=2)
+    assert runs[0] == {}
+
+
+def test_heads_follow_the_hosts_device_and_dtype_moves(nodes_gating, tiny_models, mid_sites):
+    """The host calls model_patches_to with the load device and with the model's dtype."""
+    heads = fresh_heads(mid_sites)
+    gated = apply(nodes_gating, tiny_models[0], heads)
+    gated.model_patches_to(torch.float16)
+    assert {p.dtype for p in heads.parameters()} == {torch.float16}
+    gated.model_patches_to(torch.device("cpu"))
+    gated.model_patches_to(torch.float32)
+    assert {p.dtype for p in heads.parameters()} == {torch.float32}

@@ -147,3 +147,33 @@ def test_heads_for_another_model_are_refused_naming_both():
     with pytest.raises(HeadsFileError, match=r"text width 64; the model has 2048"):
         heads.check_fits(other_text)
     heads.check_fits(SITES)
+
+
+def test_self_attention_bias_separates_object_regions():
+    from comfyui_maskattn.maskattn_ops.gating import self_attention_bias
+    active = torch.ones(1, 77, 4, 4, dtype=torch.bool)       # every token everywhere ...
+    active[:, 2] = False
+    active[:, 2, :, :2] = True                                # ... but token 2: left half
+    active[:, 3] = False
+    active[:, 3, :2, 2:] = True                               # token 3: top-right quadrant
+    bias = self_attention_bias(active)[0, 0]                  # (N, N), N = 16, row-major h x w
+    left = torch.tensor([c < 2 for r in range(4) for c in range(4)])
+    top_right = torch.tensor([r < 2 and c >= 2 for r in range(4) for c in range(4)])
+    unclaimed = ~left & ~top_right                            # bottom-right quadrant
+    allowed = bias == 0
+    for p in range(16):
+        expected = unclaimed.clone()
+        if left[p]:
+            expected |= left
+        if top_right[p]:
+            expected |= top_right
+        assert torch.equal(allowed[p], expected), p
+    assert allowed.any(-1).all()
+
+
+def test_self_attention_bias_is_open_when_no_token_is_selective():
+    from comfyui_maskattn.maskattn_ops.gating import self_attention_bias
+    everywhere = torch.ones(2, 154, 3, 5, dtype=torch.bool)
+    assert (self_attention_bias(everywhere) == 0).all()
+    nowhere = torch.zeros(2, 154, 3, 5, dtype=torch.bool)
+    assert (self_attention_bias(nowhere) == 0).all()
