@@ -258,6 +258,8 @@ def main(argv=None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         log.info(f"resumed from {resume_path} at step {step}")
+    elif args.resume:
+        log.warning(f"--resume: no {resume_path} yet, starting at step 0")
 
     pairs = pairs_from_folder(args.pairs) if args.pairs else pairs_from_coco(args.coco_captions, args.images, args.coco_instances)
     encode = Encoder(model, clip, vae, args.resolution)
