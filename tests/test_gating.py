@@ -79,6 +79,24 @@ def test_forced_head_changes_output_and_never_empties_a_location(
         assert (bias[..., 0] == 0).all()                          # the start token never is
 
 
+def test_long_prompt_keeps_every_chunks_start_token(nodes_gating, tiny_models, mid_sites, sample):
+    """A prompt over 75 tokens gives 154 keys (cond and uncond alike, the host repeats the
+    shorter); the forced gate suppresses token 2 of the context and never a start token."""
+    model = tiny_models[0]
+    prompt = " ".join(["a small grey pebble"] * 25) + " and a red circle"
+    gated = apply(nodes_gating, model, forced_heads(mid_sites))
+    op = gated.model_options["transformer_options"]["patches_replace"]["attn2"][mid_sites[0].key]
+    provider = op.providers[-1]
+    biases = []
+    op.providers[-1] = lambda call: biases.append(provider(call)) or biases[-1]
+    out = sample(gated, prompt=prompt, steps=2)
+    assert torch.isfinite(out).all()
+    assert {b.shape[-1] for b in biases} == {154}
+    assert all((b[..., 0] == 0).all() and (b[..., 77] == 0).all() for b in biases)
+    assert_same_run(sample(apply(nodes_gating, model, fresh_heads(mid_sites)), prompt=prompt, steps=2),
+                    sample(model, prompt=prompt, steps=2))
+
+
 def test_window_and_uncond_options(nodes_gating, tiny_models, mid_sites, sample):
     model = tiny_models[0]
     plain = sample(model)
