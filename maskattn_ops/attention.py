@@ -17,6 +17,8 @@ which every key is suppressed keeps the start token, as the gating paper implies
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -76,14 +78,24 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     return rearrange(out, "b h n d -> b n (h d)")
 
 
+def attention_logits(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled QK^T in fp32: (B, heads, N, T)."""
+    qh, kh, _ = (t.float() for t in _split_heads(q, k, k, heads))
+    return torch.einsum("bhnd,bhtd->bhnt", qh, kh) * qh.shape[-1] ** -0.5
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                        bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: logits and softmax in fp32. Returns (out (B, N, heads*d) in q's
-    dtype, probabilities (B, heads, N, T) in fp32)."""
-    qh, kh, vh = (t.float() for t in _split_heads(q, k, v, heads))
-    logits = torch.einsum("bhnd,bhtd->bhnt", qh, kh) * qh.shape[-1] ** -0.5  # (B, heads, N, T)
+                        bias: torch.Tensor | None = None,
+                        edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: logits and softmax in fp32. ``edit`` may replace the probabilities
+    before they weight the values (masked-attention swapping). Returns (out (B, N,
+    heads*d) in q's dtype, the probabilities used (B, heads, N, T) in fp32)."""
+    logits = attention_logits(q, k, heads)                                   # (B, heads, N, T)
     if bias is not None:
         logits = logits + guard_bias(bias, tuple(logits.shape)).to(logits.device)
     probs = logits.softmax(dim=-1)
+    if edit is not None:
+        probs = edit(probs)
+    vh = rearrange(v.float(), "b t (h d) -> b h t d", h=heads)
     out = torch.einsum("bhnt,bhtd->bhnd", probs, vh)
     return rearrange(out, "b h n d -> b n (h d)").to(q.dtype), probs

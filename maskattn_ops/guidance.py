@@ -8,11 +8,12 @@ integration with the sampler lives elsewhere; these functions only see one site 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .attention import attention_logits
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,87 @@ def swap_attention(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Tens
     return swapped
 
 
-def paint_with_words_bias(logits: torch.Tensor, regions: list[SiteRegion], weight: float, sigma: float) -> torch.Tensor:
+def paint_with_words_bias(logits: torch.Tensor, regions: list[SiteRegion], weight: float,
+                          sigma: float | torch.Tensor) -> torch.Tensor:
     """eDiff-I's paint-with-words: w' * log(1 + sigma) * max(QK^T) added to the logits of
     the words in C_i inside S_i (Endo's baseline used w' = 0.3). ``logits`` (B, heads, N,
-    T) are the scaled QK^T; the max is taken per sample and head. Returns the bias."""
-    scale = weight * math.log(1.0 + sigma) * logits.amax(dim=(-2, -1), keepdim=True)   # (B, heads, 1, 1)
+    T) are the scaled QK^T; the max is taken per sample and head; ``sigma`` is one value
+    or one per sample. Returns the bias."""
+    log_sigma = torch.log1p(torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device)).reshape(-1, 1, 1, 1)
+    scale = weight * log_sigma * logits.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
     bias = torch.zeros_like(logits)
     for region in regions:
         inside = region.mask.to(logits)[:, None, :, None]                             # (B|1, 1, N, 1)
         bias[..., list(region.positions)] += region.strength * scale * inside
     return bias
+
+
+REGION_MODES = ("swapping", "paint-with-words")
+
+
+@dataclass
+class RegionAttention:
+    """The site provider of Region Mask Guidance's attention modes, acting on the cond
+    rows only (the negative prompt has no bound words) inside a sigma window.
+
+    swapping: the bound words' probabilities become the constant maps (Endo Sec. 3.1).
+    paint-with-words: w' * log(1 + sigma) * max(QK^T) added to their logits in region.
+    """
+    regions: tuple            # maskattn_ops.regions.Region
+    mode: str = "swapping"
+    weight: float = 0.3       # w' of paint-with-words
+    sigma_start: float = float("inf")
+    sigma_end: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in REGION_MODES:
+            raise ValueError(f"mode must be one of {REGION_MODES}, got {self.mode!r}")
+        self._grids: dict = {}     # (region index, grid) -> mask on that grid: derived, constant
+
+    def active(self, call) -> bool:
+        sigma = float(call.sigmas.max())
+        return self.sigma_end <= sigma <= self.sigma_start
+
+    def site_regions(self, call) -> tuple[torch.Tensor, list[SiteRegion]]:
+        """(cond row indices, regions with masks for those rows on the call's grid)."""
+        per_chunk = call.batch // len(call.cond_or_uncond)
+        rows = torch.tensor([c * per_chunk + i for c, flag in enumerate(call.cond_or_uncond) if flag == 0
+                             for i in range(per_chunk)], dtype=torch.long)
+        chunks = len(rows) // per_chunk if per_chunk else 0
+        out = []
+        for index, region in enumerate(self.regions):
+            key = (index, call.grid)
+            if key not in self._grids:
+                self._grids[key] = mask_to_grid(region.mask, call.grid)               # (B|1, N)
+            grid_mask = self._grids[key].to(call.q.device)
+            if grid_mask.shape[0] not in (1, per_chunk):
+                raise ValueError(f"Region Mask Guidance: the mask for {region.words!r} has batch "
+                                 f"{grid_mask.shape[0]}, the latent batch is {per_chunk}")
+            grid_mask = grid_mask.expand(per_chunk, -1).repeat(chunks, 1)           # (cond rows, N)
+            out.append(SiteRegion(grid_mask, tuple(region.positions_for(call.tokens)), region.strength))
+        return rows.to(call.q.device), out
+
+    def __call__(self, call) -> torch.Tensor | None:
+        if self.mode != "paint-with-words" or not self.active(call):
+            return None
+        rows, regions = self.site_regions(call)
+        if len(rows) == 0:
+            return None
+        logits = attention_logits(call.q[rows], call.k[rows], call.site.heads)        # (cond rows, heads, N, T)
+        sigmas = call.sigmas.to(logits.device).repeat(len(call.cond_or_uncond))[rows]  # sigma of each row
+        bias = logits.new_zeros(call.batch, *logits.shape[1:])
+        bias[rows] = paint_with_words_bias(logits, regions, self.weight, sigmas)
+        return bias
+
+    def probs_edit(self, call):
+        if self.mode != "swapping" or not self.active(call):
+            return None
+        rows, regions = self.site_regions(call)
+        if len(rows) == 0:
+            return None
+
+        def edit(probs):
+            probs = probs.clone()
+            probs[rows] = swap_attention(probs[rows], regions)
+            return probs
+        return edit

@@ -1,4 +1,5 @@
-"""Words of a prompt -> positions of their tokens in the UNet's context.
+"""Regions of the image bound to words of a prompt: masks and boxes, and the words'
+positions among the UNet's context tokens.
 
 ComfyUI's CLIP tokenizers (comfy/sd1_clip.py, tokenize_with_weights with
 ``return_word_ids=True``) give, per 77-token chunk, (token, weight, id) triples, the id
@@ -13,7 +14,10 @@ of a word, and weights syntax such as "(red:1.2)" moves nothing (the tokenizer s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Container
+
+import torch
 
 Token = tuple  # (token id, weight, segment id; 0 = not text)
 
@@ -47,3 +51,47 @@ def phrase_positions(prompt_chunks: list[list[Token]], phrase_ids: list[int], wo
 def word_tokens(phrase_chunks: list[list[Token]]) -> list[int]:
     """The token ids of a phrase tokenized alone: its word tokens, no start/end/padding."""
     return [t[0] for chunk in phrase_chunks for t in chunk if t[2] > 0]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the image bound to words of one prompt."""
+    mask: torch.Tensor            # (B|1, H, W) in [0, 1], any size
+    positions: tuple[int, ...]    # the words' positions in the prompt's context
+    prompt_tokens: int            # T of that prompt (k * 77): positions index it
+    words: str                    # as the user typed them, for messages
+    strength: float = 1.0
+
+    def positions_for(self, tokens: int) -> list[int]:
+        """Positions in a context of ``tokens`` keys. The host repeats a shorter context
+        to the longest one in a batch (cond_cat), so a prompt of T keys may arrive as
+        k * T: the words are then at every repetition."""
+        if tokens % self.prompt_tokens:
+            raise ValueError(f"region {self.words!r} was bound to a prompt of {self.prompt_tokens} tokens, "
+                             f"but the model is sampling with {tokens}: bind it to the positive prompt")
+        return [p + r * self.prompt_tokens for r in range(tokens // self.prompt_tokens) for p in self.positions]
+
+
+def check_mask(mask: torch.Tensor, words: str) -> torch.Tensor:
+    """A MASK (B, H, W) or (H, W) -> (B, H, W) float in [0, 1]; an empty mask is an error."""
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() != 3 or mask.shape[-1] == 0 or mask.shape[-2] == 0:
+        raise ValueError(f"the mask for {words!r} must be (B, H, W), got shape {tuple(mask.shape)}")
+    mask = mask.float().clamp(0, 1)
+    empty = [i for i in range(mask.shape[0]) if not mask[i].any()]
+    if empty:
+        raise ValueError(f"the mask for {words!r} is empty (all zero) in batch item(s) {empty}")
+    return mask
+
+
+def box_mask(x: int, y: int, width: int, height: int, image_width: int, image_height: int, words: str) -> torch.Tensor:
+    """A box in image pixels -> a (1, image_height, image_width) mask."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"the box for {words!r} has no area ({width}x{height})")
+    if x < 0 or y < 0 or x + width > image_width or y + height > image_height:
+        raise ValueError(f"the box for {words!r} (x {x}, y {y}, {width}x{height}) is outside the "
+                         f"{image_width}x{image_height} image")
+    mask = torch.zeros(1, image_height, image_width)
+    mask[:, y:y + height, x:x + width] = 1.0
+    return mask

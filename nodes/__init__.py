@@ -8,12 +8,16 @@ from comfy_api.latest import ComfyExtension, io
 from .model_folders import register_heads_folder
 from .nodes_demo import MaskAttnLoadDemoModel
 from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads
+from .nodes_regions import MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance
 
 register_heads_folder()
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     MaskAttnLoadHeads,
     MaskAttnApplyMaskedCrossAttention,
+    MaskAttnEncodeRegionPrompt,
+    MaskAttnBindRegion,
+    MaskAttnRegionGuidance,
     MaskAttnLoadDemoModel,
 ]
 

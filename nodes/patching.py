@@ -24,7 +24,7 @@ import comfy.patcher_extension
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 from comfy.model_patcher import ModelPatcher
 
-from ..maskattn_ops.attention import biased_attention
+from ..maskattn_ops.attention import biased_attention, reference_attention
 from ..maskattn_ops.sites import RunStore, Site, SiteCall, select_sites, token_grid
 
 # transformer_options key of the per-sampling-run store (see with_run_state)
@@ -34,8 +34,10 @@ ATTENTION_LAYERS = ("attn1", "attn2")   # self-attention, cross-attention
 
 class BiasProvider(Protocol):
     """A patch's contribution at a site: an additive logit bias broadcastable to
-    (B, heads, N, T), or None to leave this call alone. May also define ``to(device)``
-    and ``models()``, which the host calls through SiteAttention."""
+    (B, heads, N, T), or None to leave this call alone. May also define
+    ``probs_edit(call) -> (probs -> probs) | None``: for calls where it returns an edit,
+    the site runs the explicit-softmax path and lets the edit replace the probabilities
+    (masked-attention swapping); and ``to(device)`` and ``models()``."""
 
     def __call__(self, call: SiteCall) -> torch.Tensor | None: ...
 
@@ -96,17 +98,34 @@ class SiteAttention:
             return None
         return sum(biases[1:], biases[0])
 
+    def edit(self, call: SiteCall):
+        """The providers' probability edits for this call, composed, or None."""
+        edits = [e for e in (p.probs_edit(call) for p in self.providers if hasattr(p, "probs_edit")) if e is not None]
+        if not edits:
+            return None
+
+        def run(probs):
+            for edit in edits:
+                probs = edit(probs)
+            return probs
+        return run
+
+    def attention(self, q, k, v, heads: int, bias, edit):
+        if edit is None:
+            return biased_attention(q, k, v, heads, bias)
+        return reference_attention(q, k, v, heads, bias, edit)[0]
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        bias = self.bias(site_call(self.site, q, k, extra_options))
-        if self.chained is None:
-            if bias is None:
-                return host_attention_op(q, k, v, extra_options)
-            return biased_attention(q, k, v, extra_options["n_heads"], bias)
-        out = self.chained(q, k, v, extra_options)
-        if bias is None:
-            return out
+        call = site_call(self.site, q, k, extra_options)
+        bias, edit = self.bias(call), self.edit(call)
         heads = extra_options["n_heads"]
-        return out + (biased_attention(q, k, v, heads, bias) - biased_attention(q, k, v, heads))
+        changed = bias is not None or edit is not None
+        if self.chained is None:
+            return self.attention(q, k, v, heads, bias, edit) if changed else host_attention_op(q, k, v, extra_options)
+        out = self.chained(q, k, v, extra_options)
+        if not changed:
+            return out
+        return out + (self.attention(q, k, v, heads, bias, edit) - biased_attention(q, k, v, heads))
 
     # The host deep-copies model_options on every clone(): share the providers (they
     # may hold weights) and copy only the list, so clones stay independent and cheap.

@@ -8,6 +8,7 @@ position): both must agree, or the prompt is refused.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 from ..maskattn_ops.regions import WordNotInPrompt, phrase_positions, word_tokens
 
@@ -43,3 +44,30 @@ def positions(clip, tokens: dict, phrase: str) -> list[int]:
     if len(set(map(tuple, found.values()))) != 1:
         raise WordNotInPrompt(f"the text encoders disagree on where {phrase!r} is: {found}")
     return next(iter(found.values()))
+
+
+@dataclass(frozen=True)
+class RegionPrompt:
+    """A prompt as Region Prompt encoded it: the text, its tokens and the CLIP that made
+    them, so words are looked up in exactly the tokens that made the conditioning."""
+    text: str
+    tokens: dict
+    clip: object
+
+    @property
+    def context_tokens(self) -> int:
+        """T of the conditioning: 77 per chunk."""
+        return sum(len(chunk) for chunk in next(iter(self.tokens.values())))
+
+    def positions(self, words: str) -> list[int]:
+        """Positions of comma-separated words/phrases (all their occurrences)."""
+        phrases = [p.strip() for p in words.split(",") if p.strip()]
+        if not phrases:
+            raise WordNotInPrompt("no words given: name the words of the prompt this region means")
+        return sorted({p for phrase in phrases for p in positions(self.clip, self.tokens, phrase)})
+
+
+def encode(clip, text: str) -> tuple[list, RegionPrompt]:
+    """CONDITIONING (as CLIPTextEncode makes it) and the RegionPrompt of the same tokens."""
+    tokens = tokenize(clip, text)
+    return clip.encode_from_tokens_scheduled(tokens), RegionPrompt(text, tokens, clip)

@@ -4,7 +4,8 @@ import os
 
 from host_env import REPO
 
-OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention"}
+OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention",
+                "MaskAttnEncodeRegionPrompt", "MaskAttnBindRegion", "MaskAttnRegionGuidance"}
 # Core nodes + comfy_extras of the pinned host (a125cd84) without API nodes; fewer
 # means a host module failed to import (e.g. the `utils` shadowing trap).
 CORE_NODE_COUNT = 382

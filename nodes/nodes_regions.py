@@ -1,0 +1,137 @@
+"""Regions bound to words of the prompt, and Region Mask Guidance's attention modes
+(Endo: masked-attention swapping; eDiff-I: paint-with-words)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..maskattn_ops.guidance import REGION_MODES, RegionAttention
+from ..maskattn_ops.regions import Region, WordNotInPrompt, box_mask, check_mask
+from ..maskattn_ops.sites import SITE_SETS
+from . import patching
+from . import text as prompt_text   # (the node's input is named text)
+
+CATEGORY = "MaskAttn/regions"
+Prompt = io.Custom("MASKATTN_PROMPT")
+Regions = io.Custom("MASKATTN_REGIONS")
+
+
+class MaskAttnEncodeRegionPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MaskAttnEncodeRegionPrompt",
+            display_name="Region Prompt (CLIP Text Encode)",
+            category=CATEGORY,
+            description=(
+                "Encodes the prompt exactly as CLIP Text Encode does, and also outputs the prompt's "
+                "tokens so Bind Region to Words finds each word where the conditioning has it "
+                "(multi-token words, repeated words, long prompts, both SDXL encoders)."),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP model to encode with."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),
+            ],
+            outputs=[
+                io.Conditioning.Output(tooltip="The prompt's conditioning, for the sampler's positive input."),
+                Prompt.Output(display_name="PROMPT", tooltip="The prompt's tokens, for Bind Region to Words."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text: str) -> io.NodeOutput:
+        if clip is None:
+            raise RuntimeError("Region Prompt (clip): no CLIP model; does the checkpoint have a text encoder?")
+        conditioning, prompt = prompt_text.encode(clip, text)
+        return io.NodeOutput(conditioning, prompt)
+
+
+class MaskAttnBindRegion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MaskAttnBindRegion",
+            display_name="Bind Region to Words",
+            category=CATEGORY,
+            description=(
+                "Says where words of the prompt should appear: a MASK (any size; resized to each "
+                "attention layer by area) or, with no mask connected, a box in image pixels. Chain "
+                "several to bind several regions."),
+            inputs=[
+                Prompt.Input("prompt", tooltip="From Region Prompt: the prompt the words are in."),
+                io.String.Input("words", default="", tooltip="Words of the prompt this region means; "
+                                "commas separate several (e.g. 'red circle, ball')."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="Weight of this region in the guidance."),
+                io.Int.Input("x", default=0, min=0, max=16384, step=8, tooltip="Box left edge, in pixels (used when no mask is connected)."),
+                io.Int.Input("y", default=0, min=0, max=16384, step=8, tooltip="Box top edge, in pixels."),
+                io.Int.Input("width", default=512, min=0, max=16384, step=8, tooltip="Box width, in pixels."),
+                io.Int.Input("height", default=512, min=0, max=16384, step=8, tooltip="Box height, in pixels."),
+                io.Int.Input("image_width", default=1024, min=8, max=16384, step=8, tooltip="Width of the image the box is in."),
+                io.Int.Input("image_height", default=1024, min=8, max=16384, step=8, tooltip="Height of the image the box is in."),
+                io.Mask.Input("mask", optional=True, tooltip="The region; when connected, the box is ignored."),
+                Regions.Input("regions", optional=True, tooltip="Regions bound so far, to add this one to."),
+            ],
+            outputs=[Regions.Output(display_name="REGIONS", tooltip="The regions, for Region Mask Guidance.")],
+        )
+
+    @classmethod
+    def execute(cls, prompt: prompt_text.RegionPrompt, words: str, strength: float, x: int, y: int, width: int,
+                height: int, image_width: int, image_height: int, mask=None, regions=None) -> io.NodeOutput:
+        try:
+            positions = prompt.positions(words)
+            region_mask = (check_mask(mask, words) if mask is not None
+                           else box_mask(x, y, width, height, image_width, image_height, words))
+        except (WordNotInPrompt, ValueError) as e:
+            raise ValueError(f"Bind Region to Words: {e}") from None
+        region = Region(region_mask, tuple(positions), prompt.context_tokens, words, strength)
+        if regions and regions[0].prompt_tokens != region.prompt_tokens:
+            raise ValueError("Bind Region to Words: the chained regions were bound to another prompt")
+        return io.NodeOutput((*(regions or ()), region))
+
+
+class MaskAttnRegionGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MaskAttnRegionGuidance",
+            display_name="Region Mask Guidance",
+            category=CATEGORY,
+            description=(
+                "Steers where bound words appear, at the chosen cross-attention sites during the "
+                "first part of sampling. swapping (Endo Sec. 3.1): the words' attention becomes "
+                "1/|words| inside their region and 0 outside. paint-with-words (eDiff-I): "
+                "w' * log(1 + sigma) * max(QK^T) is added to their attention logits inside the region."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to steer."),
+                Regions.Input("regions", tooltip="From Bind Region to Words."),
+                io.Combo.Input("mode", options=list(REGION_MODES), default="swapping",
+                               tooltip="How the regions act on attention."),
+                io.Float.Input("weight", default=0.3, min=0.0, max=5.0, step=0.05,
+                               tooltip="w' of paint-with-words (the papers use 0.3)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which the regions start to act."),
+                io.Float.Input("end_percent", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which they stop (Endo: the first 30%)."),
+                io.Combo.Input("sites", options=list(SITE_SETS), default="all",
+                               tooltip="Cross-attention sites to act at (Endo: all)."),
+                io.String.Input("site_list", default="", optional=True,
+                                tooltip="Instead of 'sites': site names, comma-separated (e.g. input.4.0, output.3.1)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The steered model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, regions, mode: str, weight: float, start_percent: float, end_percent: float,
+                sites: str, site_list: str = "") -> io.NodeOutput:
+        if not regions:
+            raise ValueError("Region Mask Guidance (regions): no regions bound")
+        if start_percent > end_percent:
+            raise ValueError(f"Region Mask Guidance: start_percent {start_percent} is after end_percent {end_percent}")
+        chosen = [s.strip() for s in site_list.split(",") if s.strip()] or sites
+        sampling = model.get_model_object("model_sampling")
+        provider = RegionAttention(tuple(regions), mode=mode, weight=weight,
+                                   sigma_start=sampling.percent_to_sigma(start_percent),
+                                   sigma_end=sampling.percent_to_sigma(end_percent))
+        try:
+            return io.NodeOutput(patching.install_bias(model, provider, chosen))
+        except ValueError as e:
+            raise ValueError(f"Region Mask Guidance (sites): {e}") from None
