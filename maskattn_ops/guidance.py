@@ -75,13 +75,13 @@ def paint_with_words_bias(logits: torch.Tensor, regions: list[SiteRegion], weigh
     return bias
 
 
-REGION_MODES = ("swapping", "paint-with-words")
+REGION_MODES = ("guidance", "swapping", "paint-with-words")
 
 
 @dataclass
 class RegionAttention:
-    """The site provider of Region Mask Guidance's attention modes, acting on the cond
-    rows only (the negative prompt has no bound words) inside a sigma window.
+    """The regions at the sites, on the cond rows only (the negative prompt has no bound
+    words), inside a sigma window; as a site provider it acts in the attention modes:
 
     swapping: the bound words' probabilities become the constant maps (Endo Sec. 3.1).
     paint-with-words: w' * log(1 + sigma) * max(QK^T) added to their logits in region.
@@ -97,9 +97,11 @@ class RegionAttention:
             raise ValueError(f"mode must be one of {REGION_MODES}, got {self.mode!r}")
         self._grids: dict = {}     # (region index, grid) -> mask on that grid: derived, constant
 
-    def active(self, call) -> bool:
-        sigma = float(call.sigmas.max())
+    def active_sigma(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
+
+    def active(self, call) -> bool:
+        return self.active_sigma(float(call.sigmas.max()))
 
     def site_regions(self, call) -> tuple[torch.Tensor, list[SiteRegion]]:
         """(cond row indices, regions with masks for those rows on the call's grid)."""
@@ -144,3 +146,52 @@ class RegionAttention:
             probs[rows] = swap_attention(probs[rows], regions)
             return probs
         return edit
+
+
+# Endo's setting (SD2 at 512x512) has 180,480 (site, head, location) terms in the raw sum
+# of Eq. 2: 16 sites, 5 heads x 4096 locations at 5 sites, 10 x 1024 at 5, 20 x 256 at 5,
+# 20 x 64 at the middle one. The loss is the raw sum rescaled to that many terms, so it
+# equals the paper's raw sum there, and alpha keeps its meaning at SDXL's 70 sites and at
+# any resolution instead of growing with the number of terms.
+ENDO_TERMS = 5 * 5 * 4096 + 5 * 10 * 1024 + 5 * 20 * 256 + 1 * 20 * 64
+
+
+class GuidanceForwardDone(Exception):
+    """Raised by the last guided site: the guidance pass needs nothing after it."""
+
+
+@dataclass
+class GuidancePass:
+    """One guidance forward: which sites remain, and the loss accumulated so far."""
+    sites_left: set
+    raw_loss: torch.Tensor | None = None
+    terms: int = 0
+
+    def loss(self) -> torch.Tensor:
+        """Endo Eq. 2, rescaled to ENDO_TERMS terms (see above), summed over the batch."""
+        if self.raw_loss is None:
+            raise RuntimeError("Region Mask Guidance: the guidance pass reached no guided site")
+        return self.raw_loss * (ENDO_TERMS / self.terms)
+
+
+@dataclass
+class GuidanceCapture:
+    """At a guided site during a guidance pass (``call.run.data["guidance_pass"]``), adds
+    the site's masked-attention loss from its cross-attention probabilities, and ends the
+    pass after the last guided site. Changes no attention itself."""
+    regions: RegionAttention
+    lam: float = 0.5
+
+    def __call__(self, call) -> None:
+        guidance = call.run.data.get("guidance_pass") if call.run is not None else None
+        if guidance is None or call.site.name not in guidance.sites_left:
+            return None
+        rows, regions = self.regions.site_regions(call)
+        probs = attention_logits(call.q[rows], call.k[rows], call.site.heads).softmax(-1)   # (rows, heads, N, T)
+        loss = masked_attention_loss(probs, regions, self.lam).sum()
+        guidance.raw_loss = loss if guidance.raw_loss is None else guidance.raw_loss + loss
+        guidance.terms += call.site.heads * probs.shape[-2]
+        guidance.sites_left.discard(call.site.name)
+        if not guidance.sites_left:
+            raise GuidanceForwardDone()
+        return None

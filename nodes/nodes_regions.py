@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..maskattn_ops.guidance import REGION_MODES, RegionAttention
+from ..maskattn_ops.guidance import REGION_MODES, GuidanceCapture, RegionAttention
 from ..maskattn_ops.regions import Region, WordNotInPrompt, box_mask, check_mask
-from ..maskattn_ops.sites import SITE_SETS
+from ..maskattn_ops.sites import SITE_SETS, select_sites
 from . import patching
 from . import text as prompt_text   # (the node's input is named text)
 
@@ -97,14 +97,22 @@ class MaskAttnRegionGuidance(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Steers where bound words appear, at the chosen cross-attention sites during the "
-                "first part of sampling. swapping (Endo Sec. 3.1): the words' attention becomes "
-                "1/|words| inside their region and 0 outside. paint-with-words (eDiff-I): "
-                "w' * log(1 + sigma) * max(QK^T) is added to their attention logits inside the region."),
+                "first part of sampling. guidance (Endo Sec. 3.2): on each guided step the latent "
+                "moves down the gradient of a loss that rewards the words' attention inside their "
+                "region and penalises it outside (lambda), by alpha; the model's own attention does "
+                "the rest. swapping (Endo Sec. 3.1): the words' attention becomes 1/|words| inside "
+                "their region and 0 outside. paint-with-words (eDiff-I): w' * log(1 + sigma) * "
+                "max(QK^T) is added to their attention logits inside the region."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer."),
                 Regions.Input("regions", tooltip="From Bind Region to Words."),
-                io.Combo.Input("mode", options=list(REGION_MODES), default="swapping",
-                               tooltip="How the regions act on attention."),
+                io.Combo.Input("mode", options=list(REGION_MODES), default="guidance",
+                               tooltip="How the regions act: guidance (the paper's method), swapping or paint-with-words."),
+                io.Float.Input("alpha", default=0.08, min=0.0, max=10.0, step=0.01,
+                               tooltip="Guidance step size (Endo: 0.08). The loss is rescaled so alpha means "
+                                       "the same at any resolution and layer count."),
+                io.Float.Input("lam", default=0.5, min=0.0, max=10.0, step=0.05, display_name="lambda",
+                               tooltip="Guidance: weight of the penalty for attention outside the region (Endo: 0.5)."),
                 io.Float.Input("weight", default=0.3, min=0.0, max=5.0, step=0.05,
                                tooltip="w' of paint-with-words (the papers use 0.3)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -120,8 +128,8 @@ class MaskAttnRegionGuidance(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, regions, mode: str, weight: float, start_percent: float, end_percent: float,
-                sites: str, site_list: str = "") -> io.NodeOutput:
+    def execute(cls, model, regions, mode: str, alpha: float, lam: float, weight: float, start_percent: float,
+                end_percent: float, sites: str, site_list: str = "") -> io.NodeOutput:
         if not regions:
             raise ValueError("Region Mask Guidance (regions): no regions bound")
         if start_percent > end_percent:
@@ -132,6 +140,10 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                                    sigma_start=sampling.percent_to_sigma(start_percent),
                                    sigma_end=sampling.percent_to_sigma(end_percent))
         try:
-            return io.NodeOutput(patching.install_bias(model, provider, chosen))
+            names = [s.name for s in select_sites(patching.discover_sites(model), chosen)]
         except ValueError as e:
             raise ValueError(f"Region Mask Guidance (sites): {e}") from None
+        if mode != "guidance":
+            return io.NodeOutput(patching.install_bias(model, provider, names))
+        captured = patching.install_bias(model, GuidanceCapture(provider, lam), names)
+        return io.NodeOutput(patching.install_latent_guidance(captured, patching.LatentGuidance(provider, names, alpha)))

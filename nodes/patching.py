@@ -13,11 +13,13 @@ site is chained, not dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Iterable, Protocol
 
 import torch
 
+import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.ldm.modules.attention as host_attention
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -25,6 +27,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 from comfy.model_patcher import ModelPatcher
 
 from ..maskattn_ops.attention import biased_attention, reference_attention
+from ..maskattn_ops.guidance import GuidanceForwardDone, GuidancePass
 from ..maskattn_ops.sites import RunStore, Site, SiteCall, select_sites, token_grid
 
 # transformer_options key of the per-sampling-run store (see with_run_state)
@@ -225,3 +228,162 @@ def with_run_state(model: ModelPatcher) -> ModelPatcher:
     if not model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY):
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY, _run_state_wrapper)
     return model
+
+
+# --- Masked-attention guidance: moving the sampler's own latent (Endo Eq. 3) ------------
+#
+# The sampler owns its latent x. On a guided step's FIRST model evaluation we compute
+# dL/dx from a cond-only forward and shift x in place before the step uses it, which is
+# "z_t <- z_t - alpha dL/dz_t, then step". How we get there (see ../shared/DESIGN.md):
+# - a SAMPLER_SAMPLE wrapper hands the sampler a proxy of its model function (it still
+#   sees the inpainting blend, so with a denoise mask the shift is zero where the mask
+#   keeps the image), restored in finally;
+# - "first evaluation of a step": no hook says it. Every k-diffusion sampler loops
+#   `for i in trange(...)`, so for the duration of the call the `trange` name of
+#   comfy.k_diffusion.sampling is swapped for one that marks each step's start: the one
+#   scoped, restored swap of a host name in this extension.
+
+# Samplers whose model sees a temporary or that have no fixed steps: refused.
+UNGUIDABLE_SAMPLERS = {"sample_sa_solver", "sample_sa_solver_pece"}
+
+
+class StepMarker:
+    """Set at each step's start by the swapped trange; taken by the first evaluation."""
+
+    def __init__(self):
+        self.pending = False
+        self.steps = 0
+
+    def take(self) -> bool:
+        first, self.pending = self.pending, False
+        return first
+
+
+@contextlib.contextmanager
+def marked_steps(marker: StepMarker):
+    original = k_diffusion_sampling.trange
+
+    def marking_trange(*args, **kwargs):
+        for i in original(*args, **kwargs):
+            marker.pending = True
+            marker.steps += 1
+            yield i
+
+    k_diffusion_sampling.trange = marking_trange
+    try:
+        yield marker
+    finally:
+        k_diffusion_sampling.trange = original
+
+
+def _grad_ready(model: torch.nn.Module) -> None:
+    """Loader nodes run under inference_mode, so weights are inference tensors, which
+    autograd cannot save for backward. Replace each once by a normal tensor (same
+    values, no grad, the old one freed): idempotent and about memory-neutral."""
+    with torch.inference_mode(False):
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and p.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+            for name, b in list(module._buffers.items()):
+                if b is not None and b.is_inference():
+                    module._buffers[name] = b.clone()
+
+
+class LatentGuidance:
+    """Region Mask Guidance's latent shift, held by the patched model."""
+
+    def __init__(self, regions, sites: list[str], alpha: float):
+        self.regions, self.sites, self.alpha = regions, sites, alpha
+
+    def __deepcopy__(self, memo):
+        return self     # immutable; the host deep-copies model_options on every clone
+
+    def shift(self, model_k, base_model, x, sigma, kwargs) -> None:
+        """x <- x - alpha * s^2 * dL/dx in place, s = 1 / c_in: the paper's step on
+        z = x * c_in (ComfyUI's state is x = z * sqrt(1 + sigma^2) for EPS models)."""
+        store = kwargs["model_options"]["transformer_options"][RUN_STATE_KEY]
+        with torch.inference_mode(False), torch.enable_grad():
+            _grad_ready(base_model)
+            x_leaf = x.detach().clone().requires_grad_(True)
+            kw = dict(kwargs)
+            if kw.get("denoise_mask") is not None:
+                kw["denoise_mask"] = kw["denoise_mask"].clone()
+            guidance = GuidancePass(set(self.sites))
+            store.data["guidance_pass"] = guidance
+            try:
+                model_k(x_leaf, sigma, **kw)
+            except GuidanceForwardDone:
+                pass
+            finally:
+                store.data.pop("guidance_pass", None)
+            (grad,) = torch.autograd.grad(guidance.loss(), x_leaf)
+        c_in = base_model.model_sampling.calculate_input(sigma, torch.ones_like(x))
+        x.sub_(self.alpha * grad.to(x.dtype) / c_in.pow(2))
+
+
+class GuidedModelFunction:
+    """The sampler's model function (KSamplerX0Inpaint), with the guidance shift on each
+    guided step's first evaluation. Attribute lookups go to the real one (lcm and the
+    cfg_pp samplers read model.inner_model)."""
+
+    def __init__(self, model_k, guidance: LatentGuidance, marker: StepMarker, base_model):
+        self._model_k, self._guidance, self._marker, self._base = model_k, guidance, marker, base_model
+
+    def __getattr__(self, name):
+        return getattr(self._model_k, name)
+
+    def __call__(self, x, sigma, **kwargs):
+        if self._marker.take() and self._guidance.regions.active_sigma(float(sigma.max())):
+            self._guidance.shift(self._model_k, self._base, x, sigma, kwargs)
+        return self._model_k(x, sigma, **kwargs)
+
+
+def _sampler_name(sampler) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    return getattr(fn, "__name__", type(sampler).__name__)
+
+
+def _guided_sampler_wrapper(executor, guider, sigmas, extra_args, callback, noise, latent, denoise_mask, disable_pbar):
+    """SAMPLER_SAMPLE: run the sampler with the proxy model function and step markers."""
+    sampler = executor.class_obj
+    fn = getattr(sampler, "sampler_function", None)
+    if fn is None or fn.__module__ != k_diffusion_sampling.__name__ or fn.__name__ in UNGUIDABLE_SAMPLERS:
+        raise ValueError(
+            f"Region Mask Guidance: sampler '{_sampler_name(sampler)}' cannot be guided (its model sees a "
+            f"temporary latent, or it has no fixed steps). Use euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, "
+            f"heun, ddim, lcm or another k-diffusion sampler, or the swapping / paint-with-words modes.")
+    guidance = guider.model_options["transformer_options"][GUIDANCE_KEY]
+    marker = StepMarker()
+    base_model = guider.model_patcher.model
+
+    def guided_function(model_k, *args, **kwargs):
+        return fn(GuidedModelFunction(model_k, guidance, marker, base_model), *args, **kwargs)
+
+    sampler.sampler_function = guided_function
+    try:
+        with marked_steps(marker):
+            return executor(guider, sigmas, extra_args, callback, noise, latent, denoise_mask, disable_pbar)
+    finally:
+        sampler.sampler_function = fn
+
+
+def _cond_only_in_guidance_pass(executor, model, conds, x, timestep, model_options):
+    """CALC_COND_BATCH: the guidance pass needs the positive prompt's forward only."""
+    store = model_options["transformer_options"].get(RUN_STATE_KEY)
+    if store is not None and "guidance_pass" in store.data:
+        conds = [conds[0]] + [None] * (len(conds) - 1)
+    return executor(model, conds, x, timestep, model_options)
+
+
+GUIDANCE_KEY = "maskattn_guidance"
+
+
+def install_latent_guidance(model: ModelPatcher, guidance: LatentGuidance) -> ModelPatcher:
+    """A clone of ``model`` whose sampler's latent is guided (the capture provider must
+    already be installed at ``guidance.sites``)."""
+    patched = with_run_state(model.clone())
+    patched.model_options["transformer_options"][GUIDANCE_KEY] = guidance
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, GUIDANCE_KEY, _guided_sampler_wrapper)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, GUIDANCE_KEY, _cond_only_in_guidance_pass)
+    return patched

@@ -36,8 +36,8 @@ def bind(nodes_regions, prompt, words, mask=None, regions=None, box=(0, 0, 64, 6
                                                     mask=mask, regions=regions).args[0]
 
 
-def guide(nodes_regions, model, regions, mode="swapping", start=0.0, end=0.5, sites="all", weight=0.3):
-    return nodes_regions.MaskAttnRegionGuidance.execute(model, regions, mode, weight, start, end, sites).args[0]
+def guide(nodes_regions, model, regions, mode="swapping", start=0.0, end=0.5, sites="all", weight=0.3, alpha=0.08, lam=0.5):
+    return nodes_regions.MaskAttnRegionGuidance.execute(model, regions, mode, alpha, lam, weight, start, end, sites).args[0]
 
 
 class Probe:
@@ -178,7 +178,7 @@ def test_regions_graph_through_the_executor(run_graph):
             "prompt": ["2", 1], "words": "blue square", "strength": 1.0, "x": 64, "y": 0, "width": 64, "height": 128,
             "image_width": 128, "image_height": 128, "regions": ["4", 0]}},
         "6": {"class_type": "MaskAttnRegionGuidance", "inputs": {
-            "model": ["1", 0], "regions": ["5", 0], "mode": "swapping", "weight": 0.3,
+            "model": ["1", 0], "regions": ["5", 0], "mode": "swapping", "alpha": 0.08, "lam": 0.5, "weight": 0.3,
             "start_percent": 0.0, "end_percent": 0.3, "sites": "all"}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
         "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
