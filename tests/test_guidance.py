@@ -205,3 +205,27 @@ def test_guidance_with_a_denoise_mask(nodes_regions, tiny_models, regions, encod
     assert torch.equal(guided[..., outside], plain[..., outside])        # kept image: same bits as unguided
     assert_close(guided[..., outside], latent["samples"][..., outside])    # (up to the latent format's rounding)
     assert (guided - plain)[..., ~outside].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fill", ["zero", "one", "half"])
+def test_mask_fills_in_the_output(nodes_regions, tiny_models, region_prompt, sample, fill):
+    """All-zero (built directly: Bind refuses empty masks), all-one and half masks: the
+    guided run finishes finite and differs from the unguided one."""
+    from comfyui_maskattn.maskattn_ops.regions import Region
+    _, prompt = region_prompt
+    mask = {"zero": torch.zeros(1, 32, 32), "one": torch.ones(1, 32, 32), "half": left_half(32, 32)}[fill]
+    region = Region(mask, tuple(prompt.positions("red circle")), prompt.context_tokens, "red circle")
+    out = sample(guide(nodes_regions, tiny_models[0], (region,), end=0.5), steps=3)
+    assert torch.isfinite(out).all()
+    assert (out - sample(tiny_models[0], steps=3)).abs().max() > 1e-3
+
+
+def test_long_prompt_words_in_the_second_chunk(nodes_regions, tiny_models, sample):
+    prompt_text = " ".join(["a small grey pebble"] * 25) + " and a red circle"
+    with torch.inference_mode():
+        positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], prompt_text).args
+    regions = nodes_regions.MaskAttnBindRegion.execute(prompt, "red circle", 1.0, 0, 0, 64, 128, 128, 128).args[0]
+    assert min(regions[0].positions) > 77 and regions[0].prompt_tokens == 154
+    out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), prompt=prompt_text, steps=3)
+    assert torch.isfinite(out).all()
+    assert (out - sample(tiny_models[0], prompt=prompt_text, steps=3)).abs().max() > 1e-3
