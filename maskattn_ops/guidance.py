@@ -106,9 +106,8 @@ class RegionAttention:
     def site_regions(self, call) -> tuple[torch.Tensor, list[SiteRegion]]:
         """(cond row indices, regions with masks for those rows on the call's grid)."""
         per_chunk = call.batch // len(call.cond_or_uncond)
-        rows = torch.tensor([c * per_chunk + i for c, flag in enumerate(call.cond_or_uncond) if flag == 0
-                             for i in range(per_chunk)], dtype=torch.long)
-        chunks = len(rows) // per_chunk if per_chunk else 0
+        rows = (~call.is_uncond()).nonzero().flatten()                              # cond rows, in order
+        chunks = call.cond_or_uncond.count(0)
         out = []
         for index, region in enumerate(self.regions):
             key = (index, call.grid)

@@ -50,6 +50,12 @@ def patching(host):
 
 
 @pytest.fixture(scope="session")
+def nodes_regions(host_nodes):
+    from comfyui_maskattn.nodes import nodes_regions
+    return nodes_regions
+
+
+@pytest.fixture(scope="session")
 def tiny(host):
     from comfyui_maskattn.nodes import tiny_sdxl
     return tiny_sdxl

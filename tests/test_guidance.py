@@ -17,12 +17,6 @@ def k_diffusion_sampling(host):
 
 
 @pytest.fixture(scope="module")
-def nodes_regions(host_nodes):
-    from comfyui_maskattn.nodes import nodes_regions
-    return nodes_regions
-
-
-@pytest.fixture(scope="module")
 def region_prompt(nodes_regions, tiny_models):
     with torch.inference_mode():
         return nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], PROMPT).args
@@ -62,7 +56,7 @@ def endo_loss_written_out(calls, lam=0.5):
     raw, terms = 0.0, 0
     mask = left_half()
     for call in calls:
-        cond = torch.tensor([f == 0 for f in call.cond_or_uncond]).repeat_interleave(call.batch // len(call.cond_or_uncond))
+        cond = ~call.is_uncond()
         probs = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)   # (B, heads, N, T)
         inside = mask_to_grid(mask, call.grid)[0]                                            # (N,)
         for w in WORDS:
@@ -132,7 +126,7 @@ def words_mass_inside(patching, model, sample, steps=6, at_percent=0.5):
     first = max(float(c.sigmas.max()) for c in after)
     inside_mass = total = 0.0
     for call in (c for c in after if float(c.sigmas.max()) == first):
-        cond = torch.tensor([f == 0 for f in call.cond_or_uncond]).repeat_interleave(call.batch // len(call.cond_or_uncond))
+        cond = ~call.is_uncond()
         words = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)[..., WORDS].sum(-1).mean(1)
         inside = mask_to_grid(left_half(), call.grid)[0]
         inside_mass += float((words * inside).sum())

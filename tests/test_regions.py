@@ -13,12 +13,6 @@ PROMPT = "a red circle and a blue square"
 
 
 @pytest.fixture(scope="module")
-def nodes_regions(host_nodes):
-    from comfyui_maskattn.nodes import nodes_regions
-    return nodes_regions
-
-
-@pytest.fixture(scope="module")
 def prompt(nodes_regions, tiny_models):
     with torch.inference_mode():
         return nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], PROMPT).args
@@ -92,7 +86,7 @@ def test_swapping_sets_the_words_maps_at_every_site(nodes_regions, patching, tin
     assert torch.isfinite(out).all()
     assert {call.site.key for call, _ in probe.used} == {s.key for s in patching.discover_sites(tiny_models[0])}
     for call, probs in probe.used:
-        cond = torch.tensor([f == 0 for f in call.cond_or_uncond]).repeat_interleave(call.batch // len(call.cond_or_uncond))
+        cond = ~call.is_uncond()
         expected = mask_to_grid(mask, call.grid)[0] / 2                      # 1/|C| inside, 0 outside
         for position in (2, 3):
             assert torch.allclose(probs[cond][..., position], expected.expand_as(probs[cond][..., position]))
@@ -110,7 +104,7 @@ def test_paint_with_words_raises_the_words_logits_inside_only(nodes_regions, pat
     assert torch.isfinite(sample(model, steps=2)).all()
     for call, bias in biases:
         inside = mask_to_grid(left_half(), call.grid)[0] > 0.5
-        cond = torch.tensor([f == 0 for f in call.cond_or_uncond]).repeat_interleave(call.batch // len(call.cond_or_uncond))
+        cond = ~call.is_uncond()
         assert (bias[cond][:, :, inside, 2] > 0).all() and (bias[cond][:, :, ~inside, 2] == 0).all()
         assert (bias[~cond] == 0).all() and (bias[..., 3] == 0).all()
 
@@ -136,7 +130,7 @@ def test_modes_raise_the_words_attention_mass_inside(nodes_regions, patching, ti
         sample(patching.install_bias(model, probe, "all"), steps=2)
         inside_mass, total = 0.0, 0.0
         for call, probs in probe.used:
-            cond = torch.tensor([f == 0 for f in call.cond_or_uncond]).repeat_interleave(call.batch // len(call.cond_or_uncond))
+            cond = ~call.is_uncond()
             words = probs[cond][..., [2, 3]].sum(-1).mean(1)                 # (rows, N)
             inside = mask_to_grid(left_half(), call.grid)[0]
             inside_mass += float((words * inside).sum())
