@@ -31,7 +31,8 @@ class GateBias:
     apply_to_uncond: bool = True
     # Keep each site's latest hard gate in the run store, for SelfAttentionGate.
     share_gates: bool = False
-    # Set by the trainer for the length of one step (mask supervision reads the logits).
+    # Set for the length of one evaluation (the trainer's mask supervision, Visualize
+    # Gates): receives (SiteCall, logits (B, T, h, w)) of every call.
     capture: list | None = None
 
     def active(self, sigmas: torch.Tensor) -> bool:
@@ -45,7 +46,7 @@ class GateBias:
         dtype = head.bias.dtype
         logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)       # (B, T, h, w)
         if self.capture is not None:
-            self.capture.append(logits)
+            self.capture.append((call, logits))
         bias, gate = gate_bias(logits, self.threshold, self.mode)          # (B, 1, N, T), (B, T, h, w)
         active = gate.detach() >= self.threshold
         if not self.apply_to_uncond:

@@ -9,6 +9,7 @@ from .model_folders import register_heads_folder
 from .nodes_demo import MaskAttnLoadDemoModel
 from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads
 from .nodes_regions import MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance
+from .nodes_visualize import MaskAttnVisualizeGates
 
 register_heads_folder()
 
@@ -18,6 +19,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     MaskAttnEncodeRegionPrompt,
     MaskAttnBindRegion,
     MaskAttnRegionGuidance,
+    MaskAttnVisualizeGates,
     MaskAttnLoadDemoModel,
 ]
 

@@ -57,7 +57,8 @@ class HeadTrainingStep(nn.Module):
             error = (denoised - latent) / output_scale(sampling, sigma, latent)
             loss = error.pow(2).mean()
             if supervise:
-                loss = loss + self.mask_weight * mask_supervision_loss(self._gates.capture, targets)
+                site_logits = [logits for _, logits in self._gates.capture]
+                loss = loss + self.mask_weight * mask_supervision_loss(site_logits, targets)
             return loss
         finally:
             self._gates.capture = None

@@ -5,7 +5,8 @@ import os
 from host_env import REPO
 
 OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention",
-                "MaskAttnEncodeRegionPrompt", "MaskAttnBindRegion", "MaskAttnRegionGuidance"}
+                "MaskAttnEncodeRegionPrompt", "MaskAttnBindRegion", "MaskAttnRegionGuidance",
+                "MaskAttnVisualizeGates"}
 # Core nodes + comfy_extras of the pinned host (a125cd84) without API nodes; fewer
 # means a host module failed to import (e.g. the `utils` shadowing trap).
 CORE_NODE_COUNT = 382

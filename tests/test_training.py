@@ -202,7 +202,7 @@ def test_mask_supervision_pulls_gates_toward_masks(train_heads, tiny, patching, 
                 patched_options = {**step._frozen["options"], "cond_or_uncond": [0], "sigmas": sigma}
                 x = model.model.model_sampling.noise_scaling(sigma, noise, latent)
                 model.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=patched_options)
-            return mask_supervision_loss(captured, targets).item()
+            return mask_supervision_loss([logits for _, logits in captured], targets).item()
         finally:
             step._gates.capture = None
 
