@@ -1,5 +1,7 @@
 """The main job: start the real ComfyUI headless with this extension loaded, run every
 shipped workflow on the demo model, and copy the images it saved to an output folder.
+The templates load an SDXL checkpoint at 1024 px; here each runs on the demo model
+instead (on_demo_model: same graph, the demo loader, 1/8 of the size, fewer steps).
 
     bash scripts/main.sh [--out output] [--workflow NAME ...]
     bash scripts/main.sh --serve [--port 8188]   # the ComfyUI UI on localhost instead
@@ -26,6 +28,34 @@ import host_env  # noqa: E402
 from workflow_api import ui_to_api  # noqa: E402
 
 WORKFLOWS = host_env.REPO / "workflows"
+WEIGHTS = host_env.REPO / "weights"
+DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "tiny SDXL, random weights (wiring only)", "seed": 0}}
+DEMO_HEADS = "tiny_sdxl_untrained_heads.safetensors"
+DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
+DEMO_STEPS = 12
+# Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.
+SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width", "height"),
+                  "EmptyImage": ("width", "height"), "MaskComposite": ("x", "y"),
+                  "MaskAttnBindRegion": ("x", "y", "width", "height", "image_width", "image_height")}
+
+
+def on_demo_model(prompt: dict) -> dict:
+    """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
+    (same MODEL, CLIP, VAE outputs), heads become the demo's untrained ones, sizes shrink
+    by DEMO_SCALE and samplers take DEMO_STEPS steps (the tiny model on a CPU)."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(json.loads(json.dumps(DEMO_MODEL)))
+        elif kind == "MaskAttnLoadHeads":
+            inputs["heads_name"] = DEMO_HEADS
+        elif kind == "KSampler":
+            inputs["steps"] = min(inputs["steps"], DEMO_STEPS)
+        for name in SPATIAL_INPUTS.get(kind, ()):
+            if isinstance(inputs.get(name), int):
+                inputs[name] = max(1, inputs[name] // DEMO_SCALE)
+    return out
 SERVER_START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 1800
 
@@ -45,7 +75,15 @@ def host_command(host: Path, port: int, state: Path) -> list[str]:
     return [sys.executable, str(host / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
             "--user-directory", str(state / "user"), "--temp-directory", str(state / "temp"),
             "--output-directory", str(state / "output"), "--input-directory", str(state / "input"),
-            "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+            "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+            "--extra-model-paths-config", str(demo_model_paths(state))]
+
+
+def demo_model_paths(state: Path) -> Path:
+    """An extra_model_paths.yaml that adds this repo's weights/ to models/maskattn."""
+    path = state / "extra_model_paths.yaml"
+    path.write_text(f"maskattn_demo:\n    base_path: {WEIGHTS.parent}\n    maskattn: {WEIGHTS.name}\n")
+    return path
 
 
 class Host:
@@ -138,7 +176,7 @@ def main(argv=None) -> int:
             for path in workflows:
                 print(f"\n== {path.name}", flush=True)
                 started = time.monotonic()
-                entry = server.run(ui_to_api(json.loads(path.read_text()), object_info))
+                entry = server.run(on_demo_model(ui_to_api(json.loads(path.read_text()), object_info)))
                 images = saved_images(entry)
                 if not images:
                     raise RuntimeError(f"{path.name} saved no image")

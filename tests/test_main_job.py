@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from host_env import REPO
+from host_env import PACKAGE, REPO
 
 
 def test_main_job_runs_shipped_workflows_headless(host, tmp_path):
@@ -36,3 +36,34 @@ def test_host_reads_our_registry_metadata(host):
     assert config.project.urls.repository
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name
     assert config.project.supported_comfyui_version == f"=={comfyui_version.__version__}"
+
+
+def test_host_serves_our_workflow_templates(host, tmp_path):
+    """The real server's /workflow_templates lists every shipped workflow under our
+    pack, and serves each file as it is."""
+    import json
+    import urllib.request
+
+    import run_workflows
+    server = run_workflows.Host(host, run_workflows.free_port(), tmp_path)
+    try:
+        server.wait_ready()
+        listed = server.get("/workflow_templates")
+        pack = PACKAGE          # the folder name under custom_nodes/
+        shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+        assert sorted(listed.get(pack, [])) == shipped, listed
+        for name in shipped:
+            with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{pack}/{name}.json", timeout=30) as r:
+                assert json.load(r) == json.loads((REPO / "workflows" / f"{name}.json").read_text())
+    finally:
+        server.stop()
+
+
+def test_templates_are_ui_format_with_a_note_and_the_checkpoint_loader():
+    import json
+    for path in sorted((REPO / "workflows").glob("maskattn_*.json")):
+        workflow = json.loads(path.read_text())
+        types = [n["type"] for n in workflow["nodes"]]
+        assert "links" in workflow and all("pos" in n for n in workflow["nodes"]), path.name
+        assert "Note" in types, f"{path.name} has no Note"
+        assert "CheckpointLoaderSimple" in types, f"{path.name} does not load a checkpoint"
