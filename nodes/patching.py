@@ -6,10 +6,15 @@ sites, clone the patcher, and install one attn2 replace per chosen site
 comfy/ldm/modules/attention.py, BasicTransformerBlock.forward). The replace receives the
 PROJECTED q, k, v and returns the attention output before ``to_out``.
 
-A site's replace (``SiteAttention``) asks each of its bias providers for an additive
-logit bias for this call and runs ``maskattn_ops.attention.biased_attention``. Stacked
-nodes of ours add providers to the same object; a replace from another pack at the same
-site is chained, not dropped.
+A site's replace (``SiteAttention``) asks each of its providers for an additive logit
+bias (and, for swapping, a probability edit) for this call and runs
+``maskattn_ops.attention``. Stacked nodes of ours add providers to the same object; a
+replace from another pack at the same site is chained, not dropped. Self-attention
+(attn1) replaces work the same way.
+
+Also here: the per-sampling-run store (an OUTER_SAMPLE wrapper), and masked-attention
+guidance's hold on the sampler's latent (SAMPLER_SAMPLE and CALC_COND_BATCH wrappers and
+the one scoped, restored swap of a host name, see below).
 """
 from __future__ import annotations
 
