@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from torch.testing import assert_close
 
 from host_env import REPO
+from run_workflows import free_port
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 30)}
 
@@ -114,7 +115,7 @@ def test_torchrun_two_processes_match_one(train_heads, pairs_dir, tmp_path):
     one = cli(train_heads, pairs_dir, tmp_path / "one.safetensors", "--steps", 2, "--batch-size", 2)
     two_path = tmp_path / "two.safetensors"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(REPO / "scripts" / "train_heads.py"), "--demo-model", "tiny", "--pairs", str(pairs_dir),
          "--out", str(two_path), "--resolution", "128", "--eval-pairs", "0", "--steps", "2", "--batch-size", "1"],
         capture_output=True, text=True, timeout=600)
