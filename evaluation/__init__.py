@@ -1,0 +1,1 @@
+"""Toy data set and its exact evaluator (numpy + PIL; no host, no torch)."""
