@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything this extension needs on a fresh machine, idempotently:
 #   a venv with the pinned torch, the pinned ComfyUI host and its requirements,
-#   this repo linked into the host's custom_nodes/, and the test tools.
+#   this repo linked into the host's custom_nodes/, and the test tools (pytest;
+#   Debian's chromium and npm's playwright-core for the browser test).
 # A second run only checks stamps and returns in a second or two.
 #
 # Environment (all optional):
@@ -73,5 +74,21 @@ case "$REPO" in
     fi
     ;;
 esac
+
+# 5. the browser test's tools: Debian's Chromium and npm's playwright-core -------
+# (no browser download: playwright-core drives /usr/bin/chromium)
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing Debian's chromium (for the browser test of the workflow templates)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+BROWSER="$REPO/tests/browser"
+NPM_STAMP="$BROWSER/node_modules/.maskattn-stamp"
+NPM_WANT="$(sha256sum "$BROWSER/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$NPM_STAMP" 2>/dev/null)" != "$NPM_WANT" ]; then
+  log "installing playwright-core for the browser test"
+  (cd "$BROWSER" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$NPM_WANT" > "$NPM_STAMP"
+fi
 
 log "ready: venv $VENV, host $HOST"
