@@ -29,6 +29,11 @@ FORMAT_VERSION = 1
 PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")   # torch.save zip archives, raw pickles
 
 
+def _module_key(site_name: str) -> str:
+    # ModuleDict keys may not contain dots; site names do ("input.4.0").
+    return site_name.replace(".", "_")
+
+
 class HeadsFileError(ValueError):
     """A heads file that cannot be used; the message names the file and the cause."""
 
@@ -39,8 +44,7 @@ class HeadSet(nn.Module):
     def __init__(self, sites: dict[str, tuple[int, int]], context_dim: int, embed_dim: int = 32,
                  base_family: str = "sdxl", threshold: float = 0.5, training: dict | None = None):
         super().__init__()
-        # ModuleDict keys may not contain dots; site names do ("input.4.0").
-        self.heads = nn.ModuleDict({name.replace(".", "_"): GateHead(c, kd, embed_dim)
+        self.heads = nn.ModuleDict({_module_key(name): GateHead(c, kd, embed_dim)
                                     for name, (c, kd) in sites.items()})
         self.site_names = list(sites)
         self.context_dim, self.embed_dim = context_dim, embed_dim
@@ -57,7 +61,13 @@ class HeadSet(nn.Module):
                    context_dim=sites[0].context_dim, **kwargs)
 
     def head(self, site_name: str) -> GateHead:
-        return self.heads[site_name.replace(".", "_")]
+        return self.heads[_module_key(site_name)]
+
+    def set_head(self, site_name: str, head: GateHead) -> None:
+        """Puts ``head`` at a site these heads already gate."""
+        if site_name not in self.site_names:
+            raise KeyError(f"these heads do not gate site {site_name}")
+        self.heads[_module_key(site_name)] = head
 
     def site_shapes(self) -> dict[str, tuple[int, int]]:
         return {n: (self.head(n).channels, self.head(n).key_dim) for n in self.site_names}

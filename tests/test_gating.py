@@ -39,7 +39,7 @@ def fresh_heads(sites):
 def forced_heads(sites):
     heads = fresh_heads(sites)
     for name in heads.site_names:
-        heads.heads[name.replace(".", "_")] = ForcedHead(*heads.site_shapes()[name])
+        heads.set_head(name, ForcedHead(*heads.site_shapes()[name]))
     return heads
 
 
@@ -173,7 +173,7 @@ class HalvesHead(GateHead):
 def halves_heads(sites):
     heads = fresh_heads(sites)
     for name in heads.site_names:
-        heads.heads[name.replace(".", "_")] = HalvesHead(*heads.site_shapes()[name])
+        heads.set_head(name, HalvesHead(*heads.site_shapes()[name]))
     return heads
 
 

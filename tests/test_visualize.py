@@ -33,7 +33,7 @@ def setup(nodes_regions, tiny_models, encode, patching):
         positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(clip, PROMPT).args
         heads = HeadSet.for_sites(select_sites(patching.discover_sites(model), "mid-resolution"))
     for name in heads.site_names:
-        heads.heads[name.replace(".", "_")] = LeftHalfHead(*heads.site_shapes()[name])
+        heads.set_head(name, LeftHalfHead(*heads.site_shapes()[name]))
     gated = nodes_gating.MaskAttnApplyMaskedCrossAttention.execute(
         model, heads, threshold=0.5, mode="hard", start_percent=0.0, end_percent=1.0, apply_to_uncond=True).args[0]
     return gated, positive, encode(""), prompt
