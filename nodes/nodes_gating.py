@@ -78,16 +78,12 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
                 end_percent: float, apply_to_uncond: bool, self_attention_gating: bool = False) -> io.NodeOutput:
-        if start_percent > end_percent:
-            raise ValueError(f"Apply Masked Cross-Attention: start_percent {start_percent} is after end_percent {end_percent}")
+        window = patching.sigma_window(model, start_percent, end_percent, "Apply Masked Cross-Attention")
         try:
             heads.check_fits(patching.discover_sites(model), "this MODEL")
         except HeadsFileError as e:
             raise ValueError(f"Apply Masked Cross-Attention (heads): {e}") from None
-        sampling = model.get_model_object("model_sampling")
-        provider = GateBias(heads, threshold=threshold, mode=mode,
-                            sigma_start=sampling.percent_to_sigma(start_percent),
-                            sigma_end=sampling.percent_to_sigma(end_percent),
+        provider = GateBias(heads, threshold=threshold, mode=mode, **window,
                             apply_to_uncond=apply_to_uncond, share_gates=self_attention_gating)
         gated = patching.install_bias(model, provider, heads.site_names)
         if self_attention_gating:

@@ -132,13 +132,9 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                 end_percent: float, sites: str, site_list: str = "") -> io.NodeOutput:
         if not regions:
             raise ValueError("Region Mask Guidance (regions): no regions bound")
-        if start_percent > end_percent:
-            raise ValueError(f"Region Mask Guidance: start_percent {start_percent} is after end_percent {end_percent}")
+        window = patching.sigma_window(model, start_percent, end_percent, "Region Mask Guidance")
         chosen = [s.strip() for s in site_list.split(",") if s.strip()] or sites
-        sampling = model.get_model_object("model_sampling")
-        provider = RegionAttention(tuple(regions), mode=mode, weight=weight,
-                                   sigma_start=sampling.percent_to_sigma(start_percent),
-                                   sigma_end=sampling.percent_to_sigma(end_percent))
+        provider = RegionAttention(tuple(regions), mode=mode, weight=weight, **window)
         try:
             names = [s.name for s in select_sites(patching.discover_sites(model), chosen)]
         except ValueError as e:

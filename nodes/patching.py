@@ -194,6 +194,15 @@ def discover_sites(model: ModelPatcher) -> list[Site]:
     return sites
 
 
+def sigma_window(model: ModelPatcher, start_percent: float, end_percent: float, node: str) -> dict:
+    """A node's start/end percent of sampling as the providers' sigma bounds (sigmas fall
+    as sampling proceeds), via the model's own schedule."""
+    if start_percent > end_percent:
+        raise ValueError(f"{node}: start_percent {start_percent} is after end_percent {end_percent}")
+    sampling = model.get_model_object("model_sampling")
+    return {"sigma_start": sampling.percent_to_sigma(start_percent), "sigma_end": sampling.percent_to_sigma(end_percent)}
+
+
 def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Iterable[str] = "mid-resolution",
                  layer: str = "attn2") -> ModelPatcher:
     """A clone of ``model`` whose chosen sites add ``provider``'s bias to their
