@@ -33,7 +33,7 @@ def build_sdxl(dtype):
     device = comfy.model_management.get_torch_device()
     with torch.inference_mode():
         model = config.get_model({}, device=device)
-        tiny_sdxl._init_weights(model)
+        tiny_sdxl.init_weights(model)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 

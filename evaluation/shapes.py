@@ -17,6 +17,8 @@ BACKGROUND = (245, 245, 240)
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "yellow": (235, 200, 30),
           "purple": (140, 60, 180), "orange": (240, 130, 30)}
 KINDS = ("circle", "square", "triangle")
+TRAIN_SEED_BASE = 10_000_000   # training scenes' seeds start here; evaluation uses small seeds
+VOCABULARY = ("a", "and", ",", *COLORS, *KINDS)    # every word a caption can have
 
 
 @dataclass(frozen=True)
@@ -79,3 +81,26 @@ def render(s: Scene) -> tuple[Image.Image, dict[str, np.ndarray]]:
         draw(ImageDraw.Draw(mask), shape, 255)
         masks[shape.words] = np.asarray(mask) > 127
     return image, masks
+
+
+def write_pairs(folder, seeds) -> int:
+    """Scenes as training pairs for scripts/train_heads.py --pairs: ``<seed>.png``, the
+    caption in ``<seed>.txt``, and per object phrase its mask PNG, listed in
+    ``<seed>.masks.json`` (mask supervision)."""
+    import json
+    from pathlib import Path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for seed in seeds:
+        s = scene(seed)
+        image, masks = render(s)
+        image.save(folder / f"{seed}.png")
+        (folder / f"{seed}.txt").write_text(s.caption)
+        names = {}
+        for i, (phrase, mask) in enumerate(masks.items()):
+            names[phrase] = f"{seed}.mask{i}.png"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / names[phrase])
+        (folder / f"{seed}.masks.json").write_text(json.dumps(names))
+        count += 1
+    return count

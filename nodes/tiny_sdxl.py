@@ -47,13 +47,13 @@ class TinySDXL(comfy.supported_models.SDXL):
     unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
 
 
-def _tiny_clip_config(layers: int) -> dict:
+def _tiny_clip_config(layers: int, width: int) -> dict:
     # SDXL reads clip_l's and clip_g's layer -2, so at least 3 layers keep that meaningful.
-    return {"hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
-            "num_attention_heads": 2, "num_hidden_layers": layers, "projection_dim": POOLED_DIM}
+    return {"hidden_size": width, "intermediate_size": 2 * width,
+            "num_attention_heads": 2, "num_hidden_layers": layers, "projection_dim": width}
 
 
-def _init_weights(module: torch.nn.Module) -> None:
+def init_weights(module: torch.nn.Module) -> None:
     """ComfyUI's ops skip weight init (uninitialized memory): run torch's own."""
     base_types = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm)
     for m in module.modules():
@@ -68,29 +68,30 @@ def unet_config(**overrides) -> dict:
     return {**TINY_UNET_CONFIG, **overrides}
 
 
-def build_model(seed: int = 0, config: dict | None = None) -> comfy.model_patcher.ModelPatcher:
+def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 16) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher over ``model_base.SDXL`` with the tiny config, seeded weights, fp32."""
     model_config = TinySDXL(config or TINY_UNET_CONFIG)
+    model_config.unet_config["num_head_channels"] = head_channels
     model_config.set_inference_dtype(torch.float32, None)
     torch.manual_seed(seed)
     model = model_config.get_model({}, device=torch.device("cpu"))
-    _init_weights(model)
+    init_weights(model)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device())
 
 
-def build_clip(seed: int = 0, layers: int = 3) -> comfy.sd.CLIP:
-    """SDXL's two text encoders (real tokenizer files) at TEXT_WIDTH."""
+def build_clip(seed: int = 0, layers: int = 3, width: int = TEXT_WIDTH) -> comfy.sd.CLIP:
+    """SDXL's two text encoders (real tokenizer files) at ``width``."""
     target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
     torch.manual_seed(seed)
     clip = comfy.sd.CLIP(target, model_options={
-        "clip_l_model_config": _tiny_clip_config(layers),
-        "clip_g_model_config": _tiny_clip_config(layers),
+        "clip_l_model_config": _tiny_clip_config(layers, width),
+        "clip_g_model_config": _tiny_clip_config(layers, width),
         "dtype": torch.float32,
         "initial_device": torch.device("cpu"),
     })
-    _init_weights(clip.cond_stage_model)
+    init_weights(clip.cond_stage_model)
     return clip
 
 
@@ -98,7 +99,7 @@ def build_vae(seed: int = 0) -> comfy.sd.VAE:
     """A freshly initialised TAESD (the host detects it from its keys)."""
     torch.manual_seed(seed)
     taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
-    _init_weights(taesd)
+    init_weights(taesd)
     return comfy.sd.VAE(sd=taesd.state_dict())
 
 

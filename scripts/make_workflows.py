@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "workflows"
-PROMPT = "a red circle and a blue square on a white table, studio photo"
-NEGATIVE = "blurry, low quality"
+PROMPT = "a red circle and a blue square"   # also what the shapes demo model knows
+NEGATIVE = ""
 CKPT = "sd_xl_base_1.0.safetensors"
 HEADS = "maskattn_sdxl_heads.safetensors"
 SIZE = 1024

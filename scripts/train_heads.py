@@ -128,8 +128,11 @@ def epoch_order(n: int, epoch: int, seed: int, rank: int, world: int, batch: int
 def load_models(args):
     import comfy.sd
     from comfyui_maskattn.nodes import tiny_sdxl
+    from comfyui_maskattn.nodes import shapes_model
     if args.demo_model == "tiny":
         return tiny_sdxl.build_all(seed=0)
+    if args.demo_model == "shapes":
+        return shapes_model.load(shapes_model.SHIPPED)
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(args.ckpt), output_vae=True, output_clip=True, embedding_directory=None)
     return model, clip, vae
@@ -190,7 +193,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", type=Path, help="SDXL checkpoint (.safetensors) to train heads for")
-    src.add_argument("--demo-model", choices=["tiny"], help="the in-process tiny SDXL (tests, demos)")
+    src.add_argument("--demo-model", choices=["tiny", "shapes"],
+                     help="tiny: the random tiny SDXL (tests); shapes: the shipped shapes model (use --resolution 128)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--pairs", type=Path, help="folder of image + same-named .txt caption")
     data.add_argument("--coco-captions", type=Path, help="COCO captions JSON (with --images)")

@@ -1,0 +1,276 @@
+"""Measure region control on the shapes model, the way the papers measure it on SDXL.
+
+    python scripts/evaluate_shapes.py --sets 200 --heads gates=weights/x.safetensors ...
+    python scripts/evaluate_shapes.py --quality 100          # the model's own prompt following
+
+Each set is a held-out scene (2 to 4 objects; seeds from EVAL_SEED_BASE, never trained
+on): its caption is the prompt and each object's mask (or bounding box) is the region
+for the object's words. Every image goes through the host's KSampler (common_ksampler)
+with our nodes' own execute(): Region Prompt, Bind Region to Words, Region Mask
+Guidance, Apply Masked Cross-Attention. Images are segmented by colour
+(evaluation/scoring.py) and scored by mIoU between each region and its colour's pixels
+(Endo, Table 1) and by object precision/recall and attribute binding (MaskAttn-SDXL).
+Rows run one after another, each set with the same seed in every row; results are
+appended per set to benchmarks/results/shapes_eval/<row>.jsonl (a stopped run resumes),
+then summarised with 95% bootstrap intervals into shapes_eval.md, and a grid PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import host_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "shapes_eval"      # --results changes it
+EVAL_SEED_BASE = 0                  # training scenes start at 10_000_000
+GRID_SETS = 6                       # sets per row kept as PNGs for the grid
+
+
+@dataclass
+class Row:
+    name: str
+    mode: str | None = None         # Region Mask Guidance mode, or None
+    alpha: float = 0.08
+    weight: float = 0.3
+    boxes: bool = False             # regions as bounding boxes instead of the shapes' masks
+    heads: str | None = None        # name given with --heads
+    extra: dict = field(default_factory=dict)
+
+
+def rows_for(heads: dict[str, Path]) -> list[Row]:
+    rows = [Row("none"),
+            *[Row(f"paint-with-words w'={w}", mode="paint-with-words", weight=w) for w in (0.1, 0.3, 1.0)],
+            Row("swapping", mode="swapping"),
+            *[Row(f"guidance a={a}", mode="guidance", alpha=a) for a in (0.01, 0.04, 0.08, 0.16)],
+            Row("guidance a=0.08, boxes", mode="guidance", alpha=0.08, boxes=True),
+            Row("swapping, boxes", mode="swapping", boxes=True)]
+    for name in heads:
+        rows.append(Row(f"gates {name}", heads=name))
+        rows.append(Row(f"gates {name} + guidance a=0.08", mode="guidance", heads=name))
+    return rows
+
+
+def eval_scenes(count: int, objects: tuple[int, int]):
+    from comfyui_maskattn.evaluation import shapes
+    seed = EVAL_SEED_BASE
+    while count:
+        s = shapes.scene(seed)
+        if objects[0] <= len(s.shapes) <= objects[1]:
+            yield seed, s
+            count -= 1
+        seed += 1
+
+
+class Generator:
+    """One image per (row, scene), through the nodes and the host's sampler."""
+
+    def __init__(self, model, clip, vae, heads: dict[str, Path], args):
+        import nodes as host_nodes
+        from comfyui_maskattn.maskattn_ops.heads import load_heads
+        self.host_nodes, self.model, self.clip, self.vae, self.args = host_nodes, model, clip, vae, args
+        self.heads = {name: load_heads(path) for name, path in heads.items()}
+        self.negative = host_nodes.CLIPTextEncode().encode(clip, "")[0]
+
+    def regions(self, prompt, scene, masks, boxes: bool):
+        from comfyui_maskattn.nodes.nodes_regions import MaskAttnBindRegion
+        bound = None
+        for shape in scene.shapes:
+            x0, y0, x1, y1 = shape.box
+            mask = None if boxes else torch.from_numpy(masks[shape.words]).float()[None]
+            bound = MaskAttnBindRegion.execute(prompt, shape.words, 1.0, x0, y0, x1 - x0 + 1, y1 - y0 + 1,
+                                               scene.size, scene.size, mask=mask, regions=bound).result[0]
+        return bound
+
+    def patched(self, row: Row, prompt, scene, masks):
+        from comfyui_maskattn.nodes.nodes_gating import MaskAttnApplyMaskedCrossAttention
+        from comfyui_maskattn.nodes.nodes_regions import MaskAttnRegionGuidance
+        model = self.model
+        if row.heads:
+            model = MaskAttnApplyMaskedCrossAttention.execute(model, self.heads[row.heads], 0.5, "hard", 0.0, 1.0,
+                                                              True).result[0]
+        if row.mode:
+            regions = self.regions(prompt, scene, masks, row.boxes)
+            model = MaskAttnRegionGuidance.execute(model, regions, row.mode, row.alpha, 0.5, row.weight, 0.0, 0.3,
+                                                   "all").result[0]
+        return model
+
+    def __call__(self, row: Row, seed: int, scene, masks) -> np.ndarray:
+        from comfyui_maskattn.nodes.nodes_regions import MaskAttnEncodeRegionPrompt
+        positive, prompt = MaskAttnEncodeRegionPrompt.execute(self.clip, scene.caption).result
+        model = self.patched(row, prompt, scene, masks)
+        latent = {"samples": torch.zeros(1, 4, scene.size // 8, scene.size // 8)}
+        with torch.inference_mode():
+            out = self.host_nodes.common_ksampler(model, seed, self.args.steps, self.args.cfg, self.args.sampler,
+                                                  self.args.scheduler, positive, self.negative, latent)[0]
+            image = self.host_nodes.VAEDecode().decode(self.vae, out)[0]
+        return (image[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def region_of(shape, masks, boxes: bool, size: int) -> np.ndarray:
+    if not boxes:
+        return masks[shape.words]
+    x0, y0, x1, y1 = shape.box
+    region = np.zeros((size, size), bool)
+    region[y0:y1 + 1, x0:x1 + 1] = True
+    return region
+
+
+def run_row(row: Row, generate: Generator, sets: int) -> None:
+    from comfyui_maskattn.evaluation import scoring, shapes
+    path = RESULTS / f"{slug(row.name)}.jsonl"
+    done = {json.loads(line)["seed"] for line in path.read_text().splitlines()} if path.exists() else set()
+    with path.open("a") as f:
+        for index, (seed, scene) in enumerate(eval_scenes(sets, (2, 4))):
+            if seed in done:
+                continue
+            _, masks = shapes.render(scene)
+            started = time.perf_counter()
+            image = generate(row, seed, scene, masks)
+            seconds = time.perf_counter() - started
+            regions = {s.words: region_of(s, masks, row.boxes, scene.size) for s in scene.shapes}
+            precision, recall, binding = scoring.precision_recall_binding(image, [(s.color, s.kind) for s in scene.shapes])
+            record = {"seed": seed, "miou": scoring.region_miou(image, regions), "precision": precision,
+                      "recall": recall, "binding": binding, "seconds": seconds}
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            if index < GRID_SETS:
+                Image.fromarray(image).save(RESULTS / f"{slug(row.name)}.{seed}.png")
+            print(f"{row.name}: set {index + 1}/{sets} mIoU {record['miou']:.3f} ({seconds:.2f} s)", flush=True)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in name)
+
+
+def bootstrap(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(rounds, len(v)))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(rows: list[Row], sets: int) -> str:
+    header = "| row | sets | mIoU | precision | recall | binding | s / image |\n|---|---|---|---|---|---|---|"
+    lines = [header]
+    for row in rows:
+        path = RESULTS / f"{slug(row.name)}.jsonl"
+        if not path.exists():
+            continue
+        records = [json.loads(line) for line in path.read_text().splitlines()][:sets]
+        cells = []
+        for key in ("miou", "precision", "recall", "binding"):
+            mean, lo, hi = bootstrap([r[key] for r in records])
+            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+        seconds = float(np.median([r["seconds"] for r in records]))
+        lines.append(f"| {row.name} | {len(records)} | " + " | ".join(cells) + f" | {seconds:.2f} |")
+    return "\n".join(lines)
+
+
+def grid(rows: list[Row], out: Path) -> None:
+    """The first GRID_SETS sets of every row, regions outlined in their colours."""
+    from comfyui_maskattn.evaluation import shapes
+    scenes = list(eval_scenes(GRID_SETS, (2, 4)))
+    cell, label = 128, 170
+    present = [r for r in rows if (RESULTS / f"{slug(r.name)}.{scenes[0][0]}.png").exists()]
+    canvas = Image.new("RGB", (label + cell * len(scenes), cell * (len(present) + 1)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, (seed, scene) in enumerate(scenes):           # first line: the regions asked for
+        image, _ = shapes.render(scene)
+        canvas.paste(image, (label + j * cell, 0))
+    draw.text((4, cell // 2), "regions (ground truth)", fill="black")
+    for i, row in enumerate(present, start=1):
+        draw.text((4, i * cell + cell // 2), row.name, fill="black")
+        for j, (seed, scene) in enumerate(scenes):
+            path = RESULTS / f"{slug(row.name)}.{seed}.png"
+            if path.exists():
+                canvas.paste(Image.open(path), (label + j * cell, i * cell))
+            for s in scene.shapes:
+                x0, y0, x1, y1 = s.box
+                draw.rectangle((label + j * cell + x0, i * cell + y0, label + j * cell + x1, i * cell + y1),
+                               outline=shapes.COLORS[s.color])
+    canvas.save(out)
+
+
+def quality(generate: Generator, count: int) -> str:
+    """The model's own prompt following: how often single-object prompts give the named
+    colour with the named kind, and two-object prompts show both colours."""
+    from comfyui_maskattn.evaluation import scoring
+    row = Row("none")
+    lines = []
+    for objects in (1, 2):
+        hits, both_kinds = [], []
+        for seed, scene in eval_scenes(count, (objects, objects)):
+            image = generate(row, seed, scene, None)
+            found = scoring.objects(image)
+            present = [s.color in found for s in scene.shapes]
+            right = [found.get(s.color) == s.kind for s in scene.shapes]
+            hits.append(float(all(present) if objects == 2 else right[0]))
+            both_kinds.append(float(all(right)))
+        mean, lo, hi = bootstrap(hits)
+        what = "named colour with the named kind" if objects == 1 else "both named colours present"
+        lines.append(f"{objects}-object prompts, {what}: {mean:.2f} [{lo:.2f}, {hi:.2f}] of {len(hits)}")
+        if objects == 2:
+            mean, lo, hi = bootstrap(both_kinds)
+            lines.append(f"2-object prompts, both with the named kind: {mean:.2f} [{lo:.2f}, {hi:.2f}]")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    global RESULTS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="shapes model file (default: the shipped one)")
+    p.add_argument("--heads", action="append", default=[], metavar="NAME=PATH", help="gate heads to evaluate")
+    p.add_argument("--sets", type=int, default=200)
+    p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--quality", type=int, default=0, help="instead: N single- and N two-object prompts, no control")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild the table and grid from the results")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the per-row results")
+    args = p.parse_args(argv)
+    RESULTS = args.results
+    host_env.import_host(cpu=not torch.cuda.is_available())
+    host_env.load_package()
+    from comfyui_maskattn.nodes import shapes_model
+
+    heads = dict(h.split("=", 1) for h in args.heads)
+    rows = rows_for({k: Path(v) for k, v in heads.items()})
+    if args.rows:
+        wanted = {r.strip() for r in args.rows.split(",")}
+        rows = [r for r in rows if r.name in wanted]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        model, clip, vae = shapes_model.load(args.model or shapes_model.SHIPPED)
+        generate = Generator(model, clip, vae, {k: Path(v) for k, v in heads.items()}, args)
+        if args.quality:
+            report = quality(generate, args.quality)
+            (RESULTS.parent / "shapes_quality.md").write_text(
+                f"settings: {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}\n\n{report}\n")
+            print(report)
+            return 0
+        for row in rows:
+            run_row(row, generate, args.sets)
+    table = summarize(rows, args.sets)
+    settings = f"{args.sets} sets, {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}, regions act in the first 30% of steps at all sites"
+    (RESULTS.parent / "shapes_eval.md").write_text(f"{settings}\n\n{table}\n")
+    grid(rows, RESULTS.parent / "shapes_eval_grid.png")
+    print(settings)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
