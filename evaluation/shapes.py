@@ -31,6 +31,12 @@ class Shape:
     def words(self) -> str:
         return f"{self.color} {self.kind}"
 
+    @property
+    def xywh(self) -> tuple[int, int, int, int]:
+        """The box as Bind Region to Words takes it: left, top, width, height."""
+        x0, y0, x1, y1 = self.box
+        return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
 
 @dataclass
 class Scene:

@@ -51,6 +51,7 @@ class ShapesModelConfig:
             context_dim=2 * self.text_width,
             adm_in_channels=self.text_width + tiny_sdxl.SDXL_SIZE_EMBEDS)
 
+
 def build(config: ShapesModelConfig, seed: int = 0):
     """MODEL, CLIP, VAE with freshly initialised weights (fp32, CPU)."""
     model = tiny_sdxl.build_model(seed, config.unet_config(), head_channels=config.head_channels)
@@ -128,7 +129,7 @@ def load(path: Path):
     for key in [k for k in weights if _is_token_table(k)]:
         rows = weights.pop(key + ".rows", None)
         if rows is not None:
-            table = torch.zeros(clip.cond_stage_model.state_dict()[key[len(CLIP_PREFIX):]].shape)
+            table = torch.zeros(clip.cond_stage_model.get_parameter(key[len(CLIP_PREFIX):]).shape)
             table[rows.long()] = weights[key].float()
             weights[key] = table
     parts = {UNET_PREFIX: model.model.diffusion_model, CLIP_PREFIX: clip.cond_stage_model,

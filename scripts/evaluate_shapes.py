@@ -85,9 +85,8 @@ class Generator:
         from comfyui_maskattn.nodes.nodes_regions import MaskAttnBindRegion
         bound = None
         for shape in scene.shapes:
-            x0, y0, x1, y1 = shape.box
             mask = None if boxes else torch.from_numpy(masks[shape.words]).float()[None]
-            bound = MaskAttnBindRegion.execute(prompt, shape.words, 1.0, x0, y0, x1 - x0 + 1, y1 - y0 + 1,
+            bound = MaskAttnBindRegion.execute(prompt, shape.words, 1.0, *shape.xywh,
                                                scene.size, scene.size, mask=mask, regions=bound).result[0]
         return bound
 
@@ -117,12 +116,11 @@ class Generator:
 
 
 def region_of(shape, masks, boxes: bool, size: int) -> np.ndarray:
+    """The region the method was given for ``shape``, as the scorer takes it."""
+    from comfyui_maskattn.maskattn_ops.regions import box_mask
     if not boxes:
         return masks[shape.words]
-    x0, y0, x1, y1 = shape.box
-    region = np.zeros((size, size), bool)
-    region[y0:y1 + 1, x0:x1 + 1] = True
-    return region
+    return box_mask(*shape.xywh, size, size, shape.words)[0].bool().numpy()
 
 
 def run_row(row: Row, generate: Generator, sets: int) -> None:
@@ -246,15 +244,15 @@ def main(argv=None) -> int:
     host_env.load_package()
     from comfyui_maskattn.nodes import shapes_model
 
-    heads = dict(h.split("=", 1) for h in args.heads)
-    rows = rows_for({k: Path(v) for k, v in heads.items()})
+    heads = {name: Path(path) for name, path in (h.split("=", 1) for h in args.heads)}
+    rows = rows_for(heads)
     if args.rows:
         wanted = {r.strip() for r in args.rows.split(",")}
         rows = [r for r in rows if r.name in wanted]
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         model, clip, vae = shapes_model.load(args.model or shapes_model.SHIPPED)
-        generate = Generator(model, clip, vae, {k: Path(v) for k, v in heads.items()}, args)
+        generate = Generator(model, clip, vae, heads, args)
         if args.quality:
             report = quality(generate, args.quality)
             (RESULTS.parent / "shapes_quality.md").write_text(

@@ -21,7 +21,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
