@@ -28,7 +28,7 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
                 "square' at 128x128 (colours: red, green, blue, yellow, purple, orange). The "
                 "random one only runs the wiring."),
             inputs=[
-                io.Combo.Input("model", options=list(DEMO_MODELS), default=TINY_RANDOM,
+                io.Combo.Input("model", options=list(DEMO_MODELS), default=SHAPES,
                                tooltip="Which demo model to load."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the random weights (random model only)."),

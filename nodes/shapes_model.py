@@ -40,6 +40,10 @@ class ShapesModelConfig:
     text_width: int = 32
     text_layers: int = 3
     image_size: int = 128
+    # v-prediction: with epsilon prediction, x0 = x - sigma * eps amplifies the UNet's
+    # error by sigma (14.6 at SDXL's first step); a UNet this small and this briefly
+    # trained drew colour noise all over the image that way (docs in README)
+    v_prediction: bool = True
     train: dict = field(default_factory=dict)     # the training run's settings, for the record
 
     def unet_config(self) -> dict:
@@ -54,7 +58,8 @@ class ShapesModelConfig:
 
 def build(config: ShapesModelConfig, seed: int = 0):
     """MODEL, CLIP, VAE with freshly initialised weights (fp32, CPU)."""
-    model = tiny_sdxl.build_model(seed, config.unet_config(), head_channels=config.head_channels)
+    model = tiny_sdxl.build_model(seed, config.unet_config(), head_channels=config.head_channels,
+                                  v_prediction=config.v_prediction)
     clip = tiny_sdxl.build_clip(seed, layers=config.text_layers, width=config.text_width)
     return model, clip, tiny_sdxl.build_vae(seed)
 
@@ -71,9 +76,23 @@ def encode_captions(clip: comfy.sd.CLIP, captions: list[str]) -> tuple[torch.Ten
         if len(t["l"]) != 1 or len(t["g"]) != 1:
             raise ValueError(f"caption longer than one 77-token chunk: {c!r}")
     encoders = clip.cond_stage_model
-    l_out, _ = encoders.clip_l([[tok for tok, _ in t["l"][0]] for t in tokens])
-    g_out, g_pooled = encoders.clip_g([[tok for tok, _ in t["g"][0]] for t in tokens])
+    # The host's CLIP layers add residuals in place (x += ...) onto tensors LayerNorm
+    # saved for backward: saving copies makes that legal (the encoders are small).
+    # torch's allow_mutation_on_saved_tensors, used first, copies lazily but keys saved
+    # tensors by (id, data_ptr, version); a mutated tensor, once freed, lent its id to a
+    # new one, and a UNet GroupNorm backward got the wrong tensor after 46 steps.
+    with torch.autograd.graph.saved_tensors_hooks(_copy, _same):
+        l_out, _ = encoders.clip_l([[tok for tok, _ in t["l"][0]] for t in tokens])
+        g_out, g_pooled = encoders.clip_g([[tok for tok, _ in t["g"][0]] for t in tokens])
     return torch.cat([l_out, g_out], dim=-1), g_pooled
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    return t.clone()
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _is_token_table(key: str) -> bool:

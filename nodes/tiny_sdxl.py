@@ -68,13 +68,17 @@ def unet_config(**overrides) -> dict:
     return {**TINY_UNET_CONFIG, **overrides}
 
 
-def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 16) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over ``model_base.SDXL`` with the tiny config, seeded weights, fp32."""
+def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 16,
+                v_prediction: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over ``model_base.SDXL`` with the tiny config, seeded weights, fp32;
+    epsilon prediction (SDXL base) or v-prediction (as SDXL v-pred checkpoints, which the
+    host recognises by a "v_pred" key)."""
     model_config = TinySDXL(config or TINY_UNET_CONFIG)
     model_config.unet_config["num_head_channels"] = head_channels
     model_config.set_inference_dtype(torch.float32, None)
     torch.manual_seed(seed)
-    model = model_config.get_model({}, device=torch.device("cpu"))
+    markers = {"v_pred": torch.zeros(0)} if v_prediction else {}
+    model = model_config.get_model(markers, device=torch.device("cpu"))
     init_weights(model)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(),

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import host_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "shapes_eval"      # --results changes it
+RESULTS = ROOT / "benchmarks" / "results" / "shapes_eval"      # default of --results
 EVAL_SEED_BASE = 0                  # training scenes start at 10_000_000
 GRID_SETS = 6                       # sets per row kept as PNGs for the grid
 
@@ -123,9 +123,9 @@ def region_of(shape, masks, boxes: bool, size: int) -> np.ndarray:
     return box_mask(*shape.xywh, size, size, shape.words)[0].bool().numpy()
 
 
-def run_row(row: Row, generate: Generator, sets: int) -> None:
+def run_row(row: Row, generate: Generator, sets: int, results: Path) -> None:
     from comfyui_maskattn.evaluation import scoring, shapes
-    path = RESULTS / f"{slug(row.name)}.jsonl"
+    path = results / f"{slug(row.name)}.jsonl"
     done = {json.loads(line)["seed"] for line in path.read_text().splitlines()} if path.exists() else set()
     with path.open("a") as f:
         for index, (seed, scene) in enumerate(eval_scenes(sets, (2, 4))):
@@ -142,7 +142,7 @@ def run_row(row: Row, generate: Generator, sets: int) -> None:
             f.write(json.dumps(record) + "\n")
             f.flush()
             if index < GRID_SETS:
-                Image.fromarray(image).save(RESULTS / f"{slug(row.name)}.{seed}.png")
+                Image.fromarray(image).save(results / f"{slug(row.name)}.{seed}.png")
             print(f"{row.name}: set {index + 1}/{sets} mIoU {record['miou']:.3f} ({seconds:.2f} s)", flush=True)
 
 
@@ -158,11 +158,11 @@ def bootstrap(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[f
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summarize(rows: list[Row], sets: int) -> str:
+def summarize(rows: list[Row], sets: int, results: Path) -> str:
     header = "| row | sets | mIoU | precision | recall | binding | s / image |\n|---|---|---|---|---|---|---|"
     lines = [header]
     for row in rows:
-        path = RESULTS / f"{slug(row.name)}.jsonl"
+        path = results / f"{slug(row.name)}.jsonl"
         if not path.exists():
             continue
         records = [json.loads(line) for line in path.read_text().splitlines()][:sets]
@@ -175,12 +175,12 @@ def summarize(rows: list[Row], sets: int) -> str:
     return "\n".join(lines)
 
 
-def grid(rows: list[Row], out: Path) -> None:
+def grid(rows: list[Row], results: Path, out: Path) -> None:
     """The first GRID_SETS sets of every row, regions outlined in their colours."""
     from comfyui_maskattn.evaluation import shapes
     scenes = list(eval_scenes(GRID_SETS, (2, 4)))
     cell, label = 128, 170
-    present = [r for r in rows if (RESULTS / f"{slug(r.name)}.{scenes[0][0]}.png").exists()]
+    present = [r for r in rows if (results / f"{slug(r.name)}.{scenes[0][0]}.png").exists()]
     canvas = Image.new("RGB", (label + cell * len(scenes), cell * (len(present) + 1)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, (seed, scene) in enumerate(scenes):           # first line: the regions asked for
@@ -190,7 +190,7 @@ def grid(rows: list[Row], out: Path) -> None:
     for i, row in enumerate(present, start=1):
         draw.text((4, i * cell + cell // 2), row.name, fill="black")
         for j, (seed, scene) in enumerate(scenes):
-            path = RESULTS / f"{slug(row.name)}.{seed}.png"
+            path = results / f"{slug(row.name)}.{seed}.png"
             if path.exists():
                 canvas.paste(Image.open(path), (label + j * cell, i * cell))
             for s in scene.shapes:
@@ -225,12 +225,11 @@ def quality(generate: Generator, count: int) -> str:
 
 
 def main(argv=None) -> int:
-    global RESULTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="shapes model file (default: the shipped one)")
     p.add_argument("--heads", action="append", default=[], metavar="NAME=PATH", help="gate heads to evaluate")
     p.add_argument("--sets", type=int, default=200)
-    p.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    p.add_argument("--rows", default="", help="row names to run, separated by ';' (names have commas; default: all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--sampler", default="euler")
@@ -238,8 +237,12 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=0, help="instead: N single- and N two-object prompts, no control")
     p.add_argument("--summary-only", action="store_true", help="only rebuild the table and grid from the results")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the per-row results")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); on 2 cores two 1-thread runs over\n                   different --rows beat one 2-thread run")
     args = p.parse_args(argv)
-    RESULTS = args.results
+    results = args.results
+    if args.threads:
+        torch.set_num_threads(args.threads)
     host_env.import_host(cpu=not torch.cuda.is_available())
     host_env.load_package()
     from comfyui_maskattn.nodes import shapes_model
@@ -247,24 +250,27 @@ def main(argv=None) -> int:
     heads = {name: Path(path) for name, path in (h.split("=", 1) for h in args.heads)}
     rows = rows_for(heads)
     if args.rows:
-        wanted = {r.strip() for r in args.rows.split(",")}
+        wanted = {r.strip() for r in args.rows.split(";")}
+        unknown = wanted - {r.name for r in rows}
+        if unknown:
+            p.error(f"--rows: no row named {sorted(unknown)}; rows are {[r.name for r in rows]}")
         rows = [r for r in rows if r.name in wanted]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         model, clip, vae = shapes_model.load(args.model or shapes_model.SHIPPED)
         generate = Generator(model, clip, vae, heads, args)
         if args.quality:
             report = quality(generate, args.quality)
-            (RESULTS.parent / "shapes_quality.md").write_text(
+            (results.parent / "shapes_quality.md").write_text(
                 f"settings: {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}\n\n{report}\n")
             print(report)
             return 0
         for row in rows:
-            run_row(row, generate, args.sets)
-    table = summarize(rows, args.sets)
+            run_row(row, generate, args.sets, results)
+    table = summarize(rows, args.sets, results)
     settings = f"{args.sets} sets, {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}, regions act in the first 30% of steps at all sites"
-    (RESULTS.parent / "shapes_eval.md").write_text(f"{settings}\n\n{table}\n")
-    grid(rows, RESULTS.parent / "shapes_eval_grid.png")
+    (results.parent / "shapes_eval.md").write_text(f"{settings}\n\n{table}\n")
+    grid(rows, results, results.parent / "shapes_eval_grid.png")
     print(settings)
     print(table)
     return 0

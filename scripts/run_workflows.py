@@ -29,10 +29,10 @@ from workflow_api import ui_to_api  # noqa: E402
 
 WORKFLOWS = host_env.REPO / "workflows"
 WEIGHTS = host_env.REPO / "weights"
-DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "tiny SDXL, random weights (wiring only)", "seed": 0}}
-DEMO_HEADS = "tiny_sdxl_untrained_heads.safetensors"
+DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "shapes SDXL, trained on rendered shapes (128 px)", "seed": 0}}
+DEMO_HEADS = "shapes_sdxl_heads.safetensors"      # gate heads trained on it (scripts/train_heads.py)
 DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
-DEMO_STEPS = 12
+DEMO_STEPS = 16
 # Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.
 SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width", "height"),
                   "EmptyImage": ("width", "height"), "MaskComposite": ("x", "y"),
@@ -41,7 +41,7 @@ SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width"
 
 def on_demo_model(prompt: dict) -> dict:
     """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
-    (same MODEL, CLIP, VAE outputs), heads become the demo's untrained ones, sizes shrink
+    (same MODEL, CLIP, VAE outputs), heads become the ones trained for it, sizes shrink
     by DEMO_SCALE and samplers take DEMO_STEPS steps (the tiny model on a CPU)."""
     out = json.loads(json.dumps(prompt))
     for node in out.values():

@@ -141,15 +141,27 @@ def load_models(args):
 class Encoder:
     """Images and captions -> what the UNet takes, with the checkpoint's own VAE and CLIP."""
 
-    def __init__(self, model, clip, vae, resolution: int):
+    def __init__(self, model, clip, vae, resolution: int, cache_latents: bool = False):
         self.model, self.clip, self.vae, self.resolution = model, clip, vae, resolution
+        # image path -> latent (CPU): on a CPU the VAE encode costs as much as the step
+        self.cache = {} if cache_latents else None
+
+    def latents(self, samples: list[Sample]) -> torch.Tensor:
+        todo = [s for s in samples if self.cache is None or s.image not in self.cache]
+        fresh = {}
+        if todo:
+            images = torch.stack([load_image(s.image, self.resolution) for s in todo])
+            encoded = self.model.model.process_latent_in(self.vae.encode(images)).cpu()
+            fresh = {s.image: z for s, z in zip(todo, encoded)}
+            if self.cache is not None:
+                self.cache.update(fresh)
+        return torch.stack([fresh[s.image] if s.image in fresh else self.cache[s.image] for s in samples])
 
     @torch.no_grad()
     def __call__(self, samples: list[Sample], device):
         """-> latent, context, y, targets (per sample: [(phrase positions, mask (H, W))])."""
         from comfyui_maskattn.nodes import text
-        images = torch.stack([load_image(s.image, self.resolution) for s in samples])
-        latent = self.model.model.process_latent_in(self.vae.encode(images)).to(device)
+        latent = self.latents(samples).to(device)
         contexts, pooled, targets = [], [], []
         for s in samples:
             tokens = text.tokenize(self.clip, s.caption)   # one tokenization: encoding and positions
@@ -212,6 +224,8 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=["hard", "soft"], default="hard",
                    help="hard: binary gates with the straight-through estimator (the paper); soft: log-probability bias")
     p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--cache-latents", action="store_true",
+                   help="keep each image's latent in memory after its first encode (small datasets, CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -266,7 +280,7 @@ def main(argv=None) -> int:
         log.warning(f"--resume: no {resume_path} yet, starting at step 0")
 
     pairs = pairs_from_folder(args.pairs) if args.pairs else pairs_from_coco(args.coco_captions, args.images, args.coco_instances)
-    encode = Encoder(model, clip, vae, args.resolution)
+    encode = Encoder(model, clip, vae, args.resolution, cache_latents=args.cache_latents)
     batches_per_epoch = len(pairs) // world // args.batch_size
     if batches_per_epoch == 0:
         raise SystemExit(f"{len(pairs)} pairs are fewer than one global batch ({world} x {args.batch_size})")

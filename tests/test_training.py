@@ -102,6 +102,22 @@ def test_loss_is_the_models_own_epsilon_mse(step_setup):
     assert_close(loss, (eps_pred - noise).pow(2).mean(), rtol=1e-4, atol=1e-6)
 
 
+def test_cached_latents_are_the_encoded_ones_and_encoded_once(train_heads, tiny, pairs_dir):
+    model, clip, vae = tiny.build_all(seed=0)
+    pairs = train_heads.pairs_from_folder(pairs_dir)[:4]
+    plain = train_heads.Encoder(model, clip, vae, 128)
+    cached = train_heads.Encoder(model, clip, vae, 128, cache_latents=True)
+    first = cached([pairs[0], pairs[1]], torch.device("cpu"))[0]
+    encoded = []
+    vae_encode = vae.encode
+    vae.encode = lambda images: encoded.append(len(images)) or vae_encode(images)   # count, on this test's own VAE
+    mixed = cached([pairs[1], pairs[2], pairs[0]], torch.device("cpu"))[0]
+    assert encoded == [1]                                   # only pairs[2] was new
+    torch.testing.assert_close(mixed[[2, 0]], first)
+    torch.testing.assert_close(mixed, plain([pairs[1], pairs[2], pairs[0]], torch.device("cpu"))[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_resume_continues_exactly(train_heads, pairs_dir, tmp_path):
     straight = cli(train_heads, pairs_dir, tmp_path / "straight.safetensors", "--steps", 4, "--batch-size", 2)
     cli(train_heads, pairs_dir, tmp_path / "resumed.safetensors", "--steps", 2, "--batch-size", 2, "--checkpoint-every", 2)

@@ -1,0 +1,127 @@
+"""The shipped shapes model (weights/shapes_sdxl.safetensors) learned what it is for, and
+the region modes leave a lasting mark on it: after their window closes, the bound words'
+attention stays more inside their regions than without them (the random tiny model
+cannot show this; its attention carries nothing from one step to the next)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_maskattn.maskattn_ops.attention import attention_logits
+from comfyui_maskattn.maskattn_ops.guidance import mask_to_grid
+
+PROMPT = "a red circle and a blue square"
+# token positions (after the start token) of the two bound phrases, in both encoders
+PHRASES = {"red circle": [2, 3], "blue square": [6, 7]}
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def shapes_model(host):
+    from comfyui_maskattn.nodes import shapes_model
+    return shapes_model
+
+
+@pytest.fixture(scope="module")
+def shipped(shapes_model):
+    assert shapes_model.SHIPPED.is_file(), f"{shapes_model.SHIPPED} is missing"
+    with torch.inference_mode():
+        return shapes_model.load(shapes_model.SHIPPED)
+
+
+def half(side: str, size: int = 128) -> torch.Tensor:
+    mask = torch.zeros(1, size, size)
+    if side == "left":
+        mask[:, :, : size // 2] = 1
+    else:
+        mask[:, :, size // 2:] = 1
+    return mask
+
+
+def sample(model, clip, seed: int, steps: int = STEPS):
+    import nodes
+    positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    with torch.inference_mode():
+        return nodes.common_ksampler(model, seed, steps, 5.0, "euler", "normal", positive, negative,
+                                     {"samples": torch.zeros(1, 4, 16, 16)})[0]
+
+
+def test_shipped_model_draws_what_it_is_asked(shipped):
+    """Single-object prompts at fixed seeds give the named colour; the kind less often
+    (the model draws blobby shapes: over 100 prompts 0.40 have the named colour in the
+    named kind, benchmarks/results/shapes_quality.md). A random model draws neither."""
+    import nodes
+    from comfyui_maskattn.evaluation import scoring
+    model, clip, vae = shipped
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    asked = [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "square"),
+             ("purple", "circle"), ("orange", "square")]
+    colour, kind = [], []
+    for seed, (color, shape) in enumerate(asked):
+        positive = nodes.CLIPTextEncode().encode(clip, f"a {color} {shape}")[0]
+        with torch.inference_mode():
+            latent = nodes.common_ksampler(model, seed, 16, 5.0, "euler", "normal", positive, negative,
+                                           {"samples": torch.zeros(1, 4, 16, 16)})[0]
+            image = nodes.VAEDecode().decode(vae, latent)[0][0]
+        found = scoring.objects((image.numpy() * 255).round().astype(np.uint8))
+        colour.append(color in found)
+        kind.append(found.get(color) == shape)
+    assert sum(colour) >= 5, f"the named colour in only {sum(colour)} of {len(asked)}: {colour}"
+    assert sum(kind) >= 2, f"the named colour in the named kind in only {sum(kind)} of {len(asked)}: {kind}"
+
+
+class Recorder:
+    """Records every site's (call) while sampling; edits nothing."""
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, call):
+        self.calls.append(call)
+        return None
+
+
+def mass_inside_after_window(patching, shipped, model, seeds, at_percent=0.5) -> float:
+    """Fraction of the bound phrases' cond attention inside their regions at the first
+    step after ``at_percent`` of sampling (the modes act in 0-30%), over all sites."""
+    _, clip, _ = shipped
+    inside_mass = total = 0.0
+    for seed in seeds:
+        recorder = Recorder()
+        sample(patching.install_bias(model, recorder, "all"), clip, seed)
+        threshold = model.get_model_object("model_sampling").percent_to_sigma(at_percent)
+        after = [c for c in recorder.calls if float(c.sigmas.max()) < threshold]
+        first = max(float(c.sigmas.max()) for c in after)
+        for call in (c for c in after if float(c.sigmas.max()) == first):
+            cond = ~call.is_uncond()
+            probs = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)
+            for (phrase, tokens), side in zip(PHRASES.items(), ("left", "right")):
+                words = probs[..., tokens].sum(-1).mean(1)                     # (rows, N)
+                inside = mask_to_grid(half(side), call.grid)[0]
+                inside_mass += float((words * inside).sum())
+                total += float(words.sum())
+    return inside_mass / total
+
+
+@pytest.fixture(scope="module")
+def bound(shipped, nodes_regions):
+    _, clip, _ = shipped
+    with torch.inference_mode():
+        _, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(clip, PROMPT).args
+    regions = None
+    for phrase, side in zip(PHRASES, ("left", "right")):
+        regions = nodes_regions.MaskAttnBindRegion.execute(prompt, phrase, 1.0, 0, 0, 0, 0, 128, 128,
+                                                           mask=half(side), regions=regions).args[0]
+    return regions
+
+
+@pytest.mark.parametrize("mode", ["guidance", "swapping", "paint-with-words"])
+def test_modes_leave_the_words_attention_inside_after_their_window(patching, shipped, nodes_regions, bound, mode):
+    model = shipped[0]
+    seeds = range(3)
+    base = mass_inside_after_window(patching, shipped, model, seeds)
+    steered = nodes_regions.MaskAttnRegionGuidance.execute(model, bound, mode, 0.08, 0.5, 0.3, 0.0, 0.3,
+                                                           "all").args[0]
+    after = mass_inside_after_window(patching, shipped, steered, seeds)
+    assert after > base + 0.02, (mode, base, after)
