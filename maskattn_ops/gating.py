@@ -10,18 +10,26 @@ import torch
 from einops import rearrange
 
 from .attention import suppress
-from .gates import gate_bias, start_tokens
+from .gates import gate_bias, gated_probs, start_tokens
 from .heads import HeadSet
 from .sites import SiteCall
 
 
 @dataclass
 class GateBias:
-    """Runs the site's head on the call's q and k and returns the gate's logit bias.
+    """Runs the site's head on the call's q and k and gates the call's attention.
 
     ``sigma_start`` >= sigma >= ``sigma_end`` is the active window (sigmas fall as
-    sampling proceeds). With ``apply_to_uncond`` off, the uncond rows get no bias, so the
-    negative prompt's attention stays as the frozen model has it.
+    sampling proceeds). With ``apply_to_uncond`` off, the uncond rows are not gated, so
+    the negative prompt's attention stays as the frozen model has it.
+
+    Sampling (``differentiable`` off): the gate is the logit bias of the fused attention,
+    computed without autograd: a binary gate has no useful derivative with respect to the
+    latent, and masked-attention guidance backpropagates to the latent through every
+    site (through the straight-through path its gradient was scaled by 1e4).
+    Training (on): the gate is applied as a renormalized product on the probabilities
+    (``gated_probs``), which gives the same forward values and gradients that reach
+    suppressed locations too.
     """
     heads: HeadSet           # shared by every clone; moved in place by to()
     threshold: float = 0.5
@@ -34,28 +42,47 @@ class GateBias:
     # Set for the length of one evaluation (the trainer's mask supervision, Visualize
     # Gates): receives (SiteCall, logits (B, T, h, w)) of every call.
     capture: list | None = None
+    differentiable: bool = False
 
     def active(self, sigmas: torch.Tensor) -> bool:
         sigma = float(sigmas.max())
         return self.sigma_end <= sigma <= self.sigma_start
 
-    def __call__(self, call: SiteCall) -> torch.Tensor | None:
+    def gate(self, call: SiteCall) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """-> (bias (B, 1, N, T), gate (B, T, h, w)) for this call, or None outside the window."""
         if not self.active(call.sigmas):
             return None
         head = self.heads.head(call.site.name)
         dtype = head.bias.dtype
-        logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)       # (B, T, h, w)
-        if self.capture is not None:
-            self.capture.append((call, logits))
-        bias, gate = gate_bias(logits, self.threshold, self.mode)          # (B, 1, N, T), (B, T, h, w)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)      # (B, T, h, w)
+            if self.capture is not None:
+                self.capture.append((call, logits))
+            bias, gate = gate_bias(logits, self.threshold, self.mode)         # (B, 1, N, T), (B, T, h, w)
         active = gate.detach() >= self.threshold
         if not self.apply_to_uncond:
             uncond = call.is_uncond().to(bias.device)
             bias = bias.masked_fill(uncond[:, None, None, None], 0.0)
+            gate = gate.masked_fill(uncond[:, None, None, None], 1.0)
             active = active | uncond[:, None, None, None]
         if self.share_gates and call.run is not None:
             call.run.data[("gates", call.site.name)] = (call.cond_or_uncond, active)
-        return bias
+        return bias, gate
+
+    def __call__(self, call: SiteCall) -> torch.Tensor | None:
+        if self.differentiable:
+            return None                      # applied by probs_edit
+        gated = self.gate(call)
+        return None if gated is None else gated[0]
+
+    def probs_edit(self, call: SiteCall):
+        if not self.differentiable:
+            return None
+        gated = self.gate(call)
+        if gated is None:
+            return None
+        gate = gated[1]
+        return lambda probs: gated_probs(probs, gate)
 
     def to(self, device_or_dtype):
         """The host calls this with the load/offload device and with the model's dtype."""

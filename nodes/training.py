@@ -39,26 +39,29 @@ class HeadTrainingStep(nn.Module):
         super().__init__()
         self.heads = heads
         self.mask_weight = mask_weight
-        self._gates = GateBias(heads, threshold=threshold, mode=mode)
+        self._gates = GateBias(heads, threshold=threshold, mode=mode, differentiable=True)
         patched = patching.install_bias(model, self._gates, heads.site_names)
         self._frozen = {"base": patched.model, "options": patched.model_options["transformer_options"]}
         for p in patched.model.parameters():
             p.requires_grad_(False)
 
-    def forward(self, latent, noise, sigma, context, y, targets=None):
+    def diffusion_loss(self, latent, noise, sigma, context, y, capture: bool = False):
+        """-> (the diffusion loss, the gated sites' head logits [(B, T, h, w)] if ``capture``)."""
         base = self._frozen["base"]
         sampling = base.model_sampling
         x = sampling.noise_scaling(sigma, noise, latent)
         options = {**self._frozen["options"], "cond_or_uncond": [0], "sigmas": sigma}
-        supervise = self.mask_weight > 0 and targets is not None and any(targets)
-        self._gates.capture = [] if supervise else None
+        self._gates.capture = [] if capture else None
         try:
             denoised = base.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)
             error = (denoised - latent) / output_scale(sampling, sigma, latent)
-            loss = error.pow(2).mean()
-            if supervise:
-                site_logits = [logits for _, logits in self._gates.capture]
-                loss = loss + self.mask_weight * mask_supervision_loss(site_logits, targets)
-            return loss
+            return error.pow(2).mean(), [logits for _, logits in self._gates.capture or []]
         finally:
             self._gates.capture = None
+
+    def forward(self, latent, noise, sigma, context, y, targets=None):
+        supervise = self.mask_weight > 0 and targets is not None and any(targets)
+        loss, site_logits = self.diffusion_loss(latent, noise, sigma, context, y, capture=supervise)
+        if supervise:
+            loss = loss + self.mask_weight * mask_supervision_loss(site_logits, targets)
+        return loss

@@ -44,6 +44,8 @@ class Row:
     weight: float = 0.3
     boxes: bool = False             # regions as bounding boxes instead of the shapes' masks
     heads: str | None = None        # name given with --heads
+    gate_start: float = 0.0         # gates act from this share of the steps on
+    suppress: str | None = None     # ablation: the objects' words switched off at these sites
     extra: dict = field(default_factory=dict)
 
 
@@ -53,9 +55,13 @@ def rows_for(heads: dict[str, Path]) -> list[Row]:
             Row("swapping", mode="swapping"),
             *[Row(f"guidance a={a}", mode="guidance", alpha=a) for a in (0.01, 0.04, 0.08, 0.16)],
             Row("guidance a=0.08, boxes", mode="guidance", alpha=0.08, boxes=True),
-            Row("swapping, boxes", mode="swapping", boxes=True)]
+            Row("swapping, boxes", mode="swapping", boxes=True),
+            # Where does a colour reach the image from? Not gated there, it still can.
+            *[Row(f"object words off at {sites} sites", suppress=sites) for sites in ("mid-resolution", "all")]]
     for name in heads:
         rows.append(Row(f"gates {name}", heads=name))
+        # once the layout exists: at high noise a head cannot know where objects will be
+        rows.append(Row(f"gates {name}, from 30%", heads=name, gate_start=0.3))
         rows.append(Row(f"gates {name} + guidance a=0.08", mode="guidance", heads=name))
     return rows
 
@@ -69,6 +75,18 @@ def eval_scenes(count: int, objects: tuple[int, int]):
             yield seed, s
             count -= 1
         seed += 1
+
+
+@dataclass
+class SuppressWords:
+    """A bias provider that switches the given context positions off at every location."""
+    positions: list[int]
+
+    def __call__(self, call) -> torch.Tensor:
+        from comfyui_maskattn.maskattn_ops.attention import NEG
+        bias = torch.zeros(1, 1, 1, call.tokens)
+        bias[..., self.positions] = NEG
+        return bias
 
 
 class Generator:
@@ -93,10 +111,14 @@ class Generator:
     def patched(self, row: Row, prompt, scene, masks):
         from comfyui_maskattn.nodes.nodes_gating import MaskAttnApplyMaskedCrossAttention
         from comfyui_maskattn.nodes.nodes_regions import MaskAttnRegionGuidance
+        from comfyui_maskattn.nodes import patching
         model = self.model
+        if row.suppress:
+            words = prompt.positions(", ".join(shape.words for shape in scene.shapes))
+            model = patching.install_bias(model, SuppressWords(words), row.suppress)
         if row.heads:
-            model = MaskAttnApplyMaskedCrossAttention.execute(model, self.heads[row.heads], 0.5, "hard", 0.0, 1.0,
-                                                              True).result[0]
+            model = MaskAttnApplyMaskedCrossAttention.execute(model, self.heads[row.heads], 0.5, "hard",
+                                                              row.gate_start, 1.0, True).result[0]
         if row.mode:
             regions = self.regions(prompt, scene, masks, row.boxes)
             model = MaskAttnRegionGuidance.execute(model, regions, row.mode, row.alpha, 0.5, row.weight, 0.0, 0.3,

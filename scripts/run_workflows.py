@@ -30,7 +30,7 @@ from workflow_api import ui_to_api  # noqa: E402
 WORKFLOWS = host_env.REPO / "workflows"
 WEIGHTS = host_env.REPO / "weights"
 DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "shapes SDXL, trained on rendered shapes (128 px)", "seed": 0}}
-DEMO_HEADS = "shapes_sdxl_heads.safetensors"      # gate heads trained on it (scripts/train_heads.py)
+DEMO_HEADS = "shapes_sdxl_heads_masksup.safetensors"   # gate heads trained on it with mask supervision: their maps show where words act
 DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
 DEMO_STEPS = 16
 # Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from comfyui_maskattn.maskattn_ops.attention import NEG, SUPPRESSED, biased_attention
-from comfyui_maskattn.maskattn_ops.gates import GateHead, gate_bias, start_tokens, straight_through
+from comfyui_maskattn.maskattn_ops.attention import NEG, SUPPRESSED, biased_attention, reference_attention
+from comfyui_maskattn.maskattn_ops.gates import (GateHead, balanced_weights, gate_bias, gated_probs, mask_supervision_loss,
+                                                 start_tokens, straight_through)
 from comfyui_maskattn.maskattn_ops.heads import HeadSet, HeadsFileError, load_heads, save_heads
-from comfyui_maskattn.maskattn_ops.sites import Site
+from comfyui_maskattn.maskattn_ops.gating import GateBias
+from comfyui_maskattn.maskattn_ops.sites import Site, SiteCall
 
 SITES = [Site(("input", 4, 0), 2, 64, 4, 16, 64), Site(("output", 3, 1), 2, 64, 4, 16, 64)]
 
@@ -69,6 +71,64 @@ def test_soft_bias_is_log_probability():
     assert_close(bias[0, 0], expected[0].flatten(1).T)
 
 
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_gated_probs_equal_the_biased_softmax(mode):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 12, 32), torch.randn(2, 77, 32), torch.randn(2, 77, 32)
+    bias, gate = gate_bias(torch.randn(2, 77, 3, 4) * 2, 0.5, mode)
+    assert (gate[:, 1:] == 0).any() or mode == "soft"
+    biased_out, biased_probs = reference_attention(q, k, v, 2, bias)
+    product_out, product_probs = reference_attention(q, k, v, 2, edit=lambda p: gated_probs(p, gate))
+    assert_close(product_probs, biased_probs, atol=1e-6, rtol=1e-5)
+    assert_close(product_out, biased_out, atol=1e-5, rtol=1e-5)
+    assert_close(biased_attention(q, k, v, 2, bias), biased_out, atol=1e-5, rtol=1e-4)
+
+
+def test_suppressed_locations_get_a_gradient_through_the_product_only():
+    """Why training applies gates as a product: through the bias a switched-off gate has
+    gradient 0 (it can never come back) and a kept one is scaled by |NEG|."""
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 6, 32), torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    target = torch.randn(1, 6, 32)
+    logits = torch.randn(1, 77, 2, 3).requires_grad_()
+
+    def gate_gradient(through_product: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        bias, gate = gate_bias(logits, 0.5, "hard")
+        if through_product:
+            out, _ = reference_attention(q, k, v, 2, edit=lambda p: gated_probs(p, gate))
+        else:
+            out, _ = reference_attention(q, k, v, 2, bias)
+        (grad,) = torch.autograd.grad((out - target).pow(2).sum(), logits)
+        return grad, gate.detach()
+
+    product_grad, gate = gate_gradient(True)
+    bias_grad, _ = gate_gradient(False)
+    off, on = (gate == 0), (gate == 1)
+    on[:, 0] = False                                     # start tokens are forced on: no gradient
+    assert off.any() and on.any()
+    assert (bias_grad[off] == 0).all()
+    assert (product_grad[off] != 0).float().mean() > 0.9
+    # at kept gates both say dL/dlogit_t, the bias path times |NEG| = 1e4
+    assert_close(bias_grad[on], -NEG * product_grad[on], rtol=1e-3, atol=1e-6)
+
+
+def test_mask_supervision_weighs_inside_and_outside_equally():
+    """A phrase on 4 of 64 cells: switching it off everywhere is as wrong as keeping it
+    everywhere (a plain mean would call "off everywhere" nearly right)."""
+    mask = torch.zeros(32, 32)
+    mask[:8, :8] = 1                                         # 4 of the 8x8 grid's cells
+    weights = balanced_weights(torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (8, 8))[0, 0])
+    assert_close(weights.sum(), torch.tensor(1.0))
+    assert_close(weights[:2, :2].sum(), torch.tensor(0.5))
+    assert_close(balanced_weights(torch.zeros(8, 8)).sum(), torch.tensor(1.0))
+    targets = [[([1, 2], mask)]]
+    loss = lambda value: mask_supervision_loss([torch.full((1, 77, 8, 8), value)], targets)  # noqa: E731
+    assert_close(loss(-5.0), loss(5.0))
+    exact = torch.full((1, 77, 8, 8), -5.0)
+    exact[:, :, :2, :2] = 5.0
+    assert mask_supervision_loss([exact], targets) < 0.01 < loss(-5.0)
+
+
 def test_fresh_head_keeps_everything():
     head = GateHead(channels=64, key_dim=64)
     logits = head(torch.randn(2, 12, 64), torch.randn(2, 77, 64), (3, 4))
@@ -96,6 +156,25 @@ def trained_like(heads: HeadSet) -> HeadSet:
         for p in heads.parameters():
             p.add_(torch.randn_like(p))
     return heads
+
+
+def test_sampling_gates_are_constants_and_training_gates_reach_the_heads():
+    """Sampling: guidance backpropagates to the latent through every site, and a binary
+    gate must not pass it a straight-through derivative. Training: gradients reach the heads."""
+    heads = trained_like(HeadSet.for_sites(SITES[:1]))
+    q = torch.randn(2, 12, 64, requires_grad=True)
+    call = SiteCall(site=SITES[0], grid=(3, 4), batch=2, tokens=77, cond_or_uncond=(0,),
+                    sigmas=torch.ones(2), q=q, k=torch.randn(2, 77, 64))
+    sampling = GateBias(heads)
+    bias = sampling(call)
+    assert bias is not None and not bias.requires_grad and sampling.probs_edit(call) is None
+    training = GateBias(heads, differentiable=True)
+    assert training(call) is None
+    probs = torch.softmax(torch.randn(2, 1, 12, 77), dim=-1)
+    gated = training.probs_edit(call)(probs)
+    assert_close(gated, torch.softmax(probs.log() + bias, dim=-1), atol=1e-6, rtol=1e-5)
+    gated.pow(2).sum().backward()
+    assert all(p.grad is not None for p in heads.parameters()) and q.grad is not None
 
 
 def test_save_load_round_trip_is_bit_equal(tmp_path):

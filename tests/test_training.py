@@ -212,16 +212,9 @@ def test_mask_supervision_pulls_gates_toward_masks(train_heads, tiny, patching, 
     step = HeadTrainingStep(model, heads, mask_weight=1.0)
 
     def supervision_term():
-        captured = []
-        step._gates.capture = captured
-        try:
-            with torch.no_grad():
-                patched_options = {**step._frozen["options"], "cond_or_uncond": [0], "sigmas": sigma}
-                x = model.model.model_sampling.noise_scaling(sigma, noise, latent)
-                model.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=patched_options)
-            return mask_supervision_loss([logits for _, logits in captured], targets).item()
-        finally:
-            step._gates.capture = None
+        with torch.no_grad():
+            _, site_logits = step.diffusion_loss(latent, noise, sigma, context, y, capture=True)
+        return mask_supervision_loss(site_logits, targets).item()
 
     before = supervision_term()
     optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-2, weight_decay=0.0)
@@ -230,3 +223,21 @@ def test_mask_supervision_pulls_gates_toward_masks(train_heads, tiny, patching, 
         step(latent, noise, sigma, context, y, targets).backward()
         optimizer.step()
     assert supervision_term() < 0.95 * before
+
+
+def test_inspect_heads_tells_inside_from_outside(host, pairs_dir, tmp_path):
+    import inspect_heads
+    mask = torch.zeros(16, 16)
+    mask[:8] = 1                                            # top half
+    logits = torch.full((1, 77, 4, 4), -5.0)
+    logits[:, 2:4, :2] = 5.0                                # the phrase's tokens on only inside
+    logits[:, 10:] = 5.0                                    # every other token on everywhere but 4..9
+    inside, outside, other = inspect_heads.keep_rates([logits], [[([2, 3], mask)]], 0.5)
+    assert (inside, outside) == (1.0, 0.0)
+    assert other == pytest.approx((77 - 10) / (77 - 3))     # tokens 1 and 4..9 off; start and phrase excluded
+    out = tmp_path / "inspect.md"
+    assert inspect_heads.main(["--demo-model", "tiny", "--pairs", str(pairs_dir), "--count", "2",
+                               "--levels", "0,999", "--out", str(out)]) == 0
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| fresh")]
+    assert len(rows) == 2 and all([c.strip() for c in r[4:7]] == ["1.00", "1.00", "1.00"] for r in rows)
+    assert all(float(r[3]) > 0 for r in rows)
