@@ -56,7 +56,7 @@ def rows_for(heads: dict[str, Path]) -> list[Row]:
             *[Row(f"guidance a={a}", mode="guidance", alpha=a) for a in (0.01, 0.04, 0.08, 0.16)],
             Row("guidance a=0.08, boxes", mode="guidance", alpha=0.08, boxes=True),
             Row("swapping, boxes", mode="swapping", boxes=True),
-            # Where does a colour reach the image from? Not gated there, it still can.
+            # ablation: do the colours come from the object words at these sites (gates act on them)?
             *[Row(f"object words off at {sites} sites", suppress=sites) for sites in ("mid-resolution", "all")]]
     for name in heads:
         rows.append(Row(f"gates {name}", heads=name))
