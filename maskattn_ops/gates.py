@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import NEG
+from .guidance import mask_to_grid
 
 TEXT_CHUNK = 77            # CLIP's window: start token, 75 tokens, end/pad
 KEEP_ALL_LOGIT = 1.0       # sigmoid(1) = 0.73: a fresh head keeps every token
@@ -120,11 +121,6 @@ def gated_probs(probs: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 MaskTarget = tuple  # (context positions of a phrase, mask (H, W) in [0, 1] at image size)
 
 
-def mask_on_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """An (H, W) mask area-resized to a site's (h, w) token grid: the covered fraction per cell."""
-    return nn.functional.adaptive_avg_pool2d(mask[None, None].float(), grid)[0, 0]
-
-
 def balanced_weights(target: torch.Tensor) -> torch.Tensor:
     """Per-cell weights (h, w) that give the mask's inside and outside equal total weight
     (soft: a cell 30% covered counts 0.3 inside, 0.7 outside); a side with no area leaves
@@ -151,7 +147,7 @@ def mask_supervision_loss(site_logits: list[torch.Tensor], targets: list[list[Ma
         h, w = logits.shape[-2:]
         for b, sample_targets in enumerate(targets):
             for positions, mask in sample_targets:
-                grid = mask_on_grid(mask, (h, w)).to(logits.device)                          # (h, w)
+                grid = mask_to_grid(mask[None], (h, w)).view(h, w).to(logits.device)          # (h, w)
                 chosen = logits[b, positions].float()                                         # (P, h, w)
                 bce = nn.functional.binary_cross_entropy_with_logits(
                     chosen, grid.expand_as(chosen), reduction="none")                         # (P, h, w)

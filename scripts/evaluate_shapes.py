@@ -83,10 +83,10 @@ class SuppressWords:
     positions: list[int]
 
     def __call__(self, call) -> torch.Tensor:
-        from comfyui_maskattn.maskattn_ops.attention import NEG
-        bias = torch.zeros(1, 1, 1, call.tokens)
-        bias[..., self.positions] = NEG
-        return bias
+        from comfyui_maskattn.maskattn_ops.attention import suppress
+        keep = torch.ones(call.tokens, dtype=torch.bool)
+        keep[self.positions] = False
+        return suppress(keep)[None, None, None]             # (1, 1, 1, T)
 
 
 class Generator:

@@ -28,7 +28,8 @@ NOISE_SEED = 5
 def keep_rates(site_logits: list[torch.Tensor], targets, threshold: float) -> tuple[float, float, float]:
     """(phrase tokens inside their masks, phrase tokens outside, other tokens): the mean
     share of locations where the gate is on, over sites, samples and phrases."""
-    from comfyui_maskattn.maskattn_ops.gates import mask_on_grid, start_tokens
+    from comfyui_maskattn.maskattn_ops.gates import start_tokens
+    from comfyui_maskattn.maskattn_ops.guidance import mask_to_grid
     inside, outside, other = [], [], []
     for logits in site_logits:                                        # (B, T, h, w)
         keep = (torch.sigmoid(logits.float()) >= threshold).float()
@@ -36,7 +37,7 @@ def keep_rates(site_logits: list[torch.Tensor], targets, threshold: float) -> tu
         for b, sample_targets in enumerate(targets):
             named = torch.zeros(keep.shape[1], dtype=torch.bool)
             for positions, mask in sample_targets:
-                covered = mask_on_grid(mask, keep.shape[-2:]) > 0.5      # (h, w)
+                covered = (mask_to_grid(mask[None], keep.shape[-2:]) > 0.5).view(keep.shape[-2:])   # (h, w)
                 if covered.any():
                     inside.append(keep[b, positions][:, covered].mean())
                 if (~covered).any():

@@ -1,4 +1,4 @@
-"""Assertions shared by the host tests."""
+"""Assertions and bias providers shared by the host tests."""
 from torch.testing import assert_close
 
 
@@ -7,3 +7,18 @@ def assert_same_run(actual, expected):
     sub-quadratic) and SDPA sum in different orders, and the random tiny model's
     latents reach hundreds, so the absolute tolerance scales with them."""
     assert_close(actual, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+class Recorder:
+    """A bias provider that records what each call of each site looked like; adds no bias."""
+    def __init__(self):
+        self.calls = []
+        self.moved_to = []
+
+    def __call__(self, call):
+        self.calls.append(call)
+        return None
+
+    def to(self, device):
+        self.moved_to.append(device)
+        return self

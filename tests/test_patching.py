@@ -4,7 +4,7 @@ import torch
 
 from comfyui_maskattn.maskattn_ops.attention import NEG
 
-from helpers import assert_same_run
+from helpers import Recorder, assert_same_run
 
 PROMPT = "a red circle and a blue square"
 
@@ -24,21 +24,6 @@ class SuppressToken:
         bias = torch.zeros(1, 1, 1, call.tokens)
         bias[..., self.token] = NEG
         return bias
-
-
-class Recorder:
-    """Records what each call of each site looked like; adds no bias."""
-    def __init__(self):
-        self.calls = []
-        self.moved_to = []
-
-    def __call__(self, call):
-        self.calls.append(call)
-        return None
-
-    def to(self, device):
-        self.moved_to.append(device)
-        return self
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])

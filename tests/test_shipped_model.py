@@ -11,6 +11,8 @@ import torch
 from comfyui_maskattn.maskattn_ops.attention import attention_logits
 from comfyui_maskattn.maskattn_ops.guidance import mask_to_grid
 
+from helpers import Recorder
+
 PROMPT = "a red circle and a blue square"
 # token positions (after the start token) of the two bound phrases, in both encoders
 PHRASES = {"red circle": [2, 3], "blue square": [6, 7]}
@@ -70,16 +72,6 @@ def test_shipped_model_draws_what_it_is_asked(shipped):
         kind.append(found.get(color) == shape)
     assert sum(colour) >= 5, f"the named colour in only {sum(colour)} of {len(asked)}: {colour}"
     assert sum(kind) >= 2, f"the named colour in the named kind in only {sum(kind)} of {len(asked)}: {kind}"
-
-
-class Recorder:
-    """Records every site's (call) while sampling; edits nothing."""
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, call):
-        self.calls.append(call)
-        return None
 
 
 def mass_inside_after_window(patching, shipped, model, seeds, at_percent=0.5) -> float:
