@@ -163,3 +163,15 @@ def load(path: Path):
             raise ValueError(f"{path.name}: weights do not fit the recorded config under {prefix!r} "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, clip, vae
+
+
+def through_vae(vae: comfy.sd.VAE, scene: shapes.Scene):
+    """The scene's own rendering, encoded and decoded by ``vae`` ((H, W, 3) uint8): what a
+    perfect diffusion model on this VAE gives back, so what the evaluator's readings of
+    generated images can at best be."""
+    import numpy as np
+    image, _ = shapes.render(scene)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+    with torch.inference_mode():
+        decoded = vae.decode(vae.encode(pixels))
+    return (decoded[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)

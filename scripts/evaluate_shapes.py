@@ -2,6 +2,7 @@
 
     python scripts/evaluate_shapes.py --sets 200 --heads gates=weights/x.safetensors ...
     python scripts/evaluate_shapes.py --quality 100          # the model's own prompt following
+    python scripts/evaluate_shapes.py --rescore --heads ...  # score the kept images again
 
 Each set is a held-out scene (2 to 4 objects; seeds from EVAL_SEED_BASE, never trained
 on): its caption is the prompt and each object's mask (or bounding box) is the region
@@ -12,7 +13,9 @@ Guidance, Apply Masked Cross-Attention. Images are segmented by colour
 (Endo, Table 1) and by object precision/recall and attribute binding (MaskAttn-SDXL).
 Rows run one after another, each set with the same seed in every row; results are
 appended per set to benchmarks/results/shapes_eval/<row>.jsonl (a stopped run resumes),
-then summarised with 95% bootstrap intervals into shapes_eval.md, and a grid PNG.
+then summarised with 95% bootstrap intervals into shapes_eval.md, and a grid PNG. Every
+image is kept in data/shapes_eval_images/<row>/ (git-ignored) so that a change to the
+scorer is a --rescore, not a rerun.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import host_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_eval"      # default of --results
+IMAGES = ROOT / "data" / "shapes_eval_images"                  # default of --images (git-ignored)
 EVAL_SEED_BASE = 0                  # training scenes start at 10_000_000
 GRID_SETS = 6                       # sets per row kept as PNGs for the grid
 
@@ -46,11 +50,14 @@ class Row:
     heads: str | None = None        # name given with --heads
     gate_start: float = 0.0         # gates act from this share of the steps on
     suppress: str | None = None     # ablation: the objects' words switched off at these sites
+    reference: bool = False         # no sampling: the scene's own rendering through the VAE
     extra: dict = field(default_factory=dict)
 
 
 def rows_for(heads: dict[str, Path]) -> list[Row]:
-    rows = [Row("none"),
+    # the scorer's ceiling: what a perfect generator scores once the VAE has blurred it
+    rows = [Row("rendered scene through the VAE", reference=True),
+            Row("none"),
             *[Row(f"paint-with-words w'={w}", mode="paint-with-words", weight=w) for w in (0.1, 0.3, 1.0)],
             Row("swapping", mode="swapping"),
             *[Row(f"guidance a={a}", mode="guidance", alpha=a) for a in (0.01, 0.04, 0.08, 0.16)],
@@ -99,6 +106,10 @@ class Generator:
         self.heads = {name: load_heads(path) for name, path in heads.items()}
         self.negative = host_nodes.CLIPTextEncode().encode(clip, "")[0]
 
+    def reference(self, scene) -> np.ndarray:
+        from comfyui_maskattn.nodes.shapes_model import through_vae
+        return through_vae(self.vae, scene)
+
     def regions(self, prompt, scene, masks, boxes: bool):
         from comfyui_maskattn.nodes.nodes_regions import MaskAttnBindRegion
         bound = None
@@ -127,6 +138,8 @@ class Generator:
 
     def __call__(self, row: Row, seed: int, scene, masks) -> np.ndarray:
         from comfyui_maskattn.nodes.nodes_regions import MaskAttnEncodeRegionPrompt
+        if row.reference:
+            return self.reference(scene)
         positive, prompt = MaskAttnEncodeRegionPrompt.execute(self.clip, scene.caption).result
         model = self.patched(row, prompt, scene, masks)
         latent = {"samples": torch.zeros(1, 4, scene.size // 8, scene.size // 8)}
@@ -145,10 +158,21 @@ def region_of(shape, masks, boxes: bool, size: int) -> np.ndarray:
     return box_mask(*shape.xywh, size, size, shape.words)[0].bool().numpy()
 
 
-def run_row(row: Row, generate: Generator, sets: int, results: Path) -> None:
-    from comfyui_maskattn.evaluation import scoring, shapes
+def score(image: np.ndarray, scene, masks, boxes: bool) -> dict[str, float]:
+    from comfyui_maskattn.evaluation import scoring
+    regions = {s.words: region_of(s, masks, boxes, scene.size) for s in scene.shapes}
+    precision, recall, binding = scoring.precision_recall_binding(image, [(s.color, s.kind) for s in scene.shapes])
+    return {"miou": scoring.region_miou(image, regions), "precision": precision, "recall": recall,
+            "binding": binding}
+
+
+def run_row(row: Row, generate: Generator, sets: int, results: Path, images: Path) -> None:
+    """Every image is kept (lossless PNG) under ``images`` so that --rescore can score
+    them again without sampling; the first GRID_SETS also beside the results, for the grid."""
+    from comfyui_maskattn.evaluation import shapes
     path = results / f"{slug(row.name)}.jsonl"
     done = {json.loads(line)["seed"] for line in path.read_text().splitlines()} if path.exists() else set()
+    (images / slug(row.name)).mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         for index, (seed, scene) in enumerate(eval_scenes(sets, (2, 4))):
             if seed in done:
@@ -157,15 +181,32 @@ def run_row(row: Row, generate: Generator, sets: int, results: Path) -> None:
             started = time.perf_counter()
             image = generate(row, seed, scene, masks)
             seconds = time.perf_counter() - started
-            regions = {s.words: region_of(s, masks, row.boxes, scene.size) for s in scene.shapes}
-            precision, recall, binding = scoring.precision_recall_binding(image, [(s.color, s.kind) for s in scene.shapes])
-            record = {"seed": seed, "miou": scoring.region_miou(image, regions), "precision": precision,
-                      "recall": recall, "binding": binding, "seconds": seconds}
+            record = {"seed": seed, **score(image, scene, masks, row.boxes), "seconds": seconds}
             f.write(json.dumps(record) + "\n")
             f.flush()
+            Image.fromarray(image).save(images / slug(row.name) / f"{seed}.png")
             if index < GRID_SETS:
                 Image.fromarray(image).save(results / f"{slug(row.name)}.{seed}.png")
             print(f"{row.name}: set {index + 1}/{sets} mIoU {record['miou']:.3f} ({seconds:.2f} s)", flush=True)
+
+
+def rescore(row: Row, results: Path, images: Path) -> None:
+    """Score a finished row's kept images again (after a change to evaluation/scoring.py);
+    each record keeps its sampling time."""
+    from comfyui_maskattn.evaluation import shapes
+    path = results / f"{slug(row.name)}.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    scenes = dict(eval_scenes(len(records), (2, 4)))
+    out = []
+    for record in records:
+        image_path = images / slug(row.name) / f"{record['seed']}.png"
+        if not image_path.exists():
+            raise SystemExit(f"--rescore: {image_path} is missing; rerun the row {row.name!r} without --rescore")
+        scene = scenes[record["seed"]]
+        _, masks = shapes.render(scene)
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        out.append({**record, **score(image, scene, masks, row.boxes)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
 def slug(name: str) -> str:
@@ -224,25 +265,30 @@ def grid(rows: list[Row], results: Path, out: Path) -> None:
 
 def quality(generate: Generator, count: int) -> str:
     """The model's own prompt following: how often single-object prompts give the named
-    colour with the named kind, and two-object prompts show both colours."""
+    colour with the named kind, and two-object prompts show both colours; beside each,
+    what the scene's own rendering scores once through the model's VAE (the ceiling)."""
     from comfyui_maskattn.evaluation import scoring
     row = Row("none")
+
+    def reading(image, scene) -> tuple[float, float]:
+        """(every named colour present, every named colour in its named kind)"""
+        found = scoring.objects(image)
+        return (float(all(s.color in found for s in scene.shapes)),
+                float(all(found.get(s.color) == s.kind for s in scene.shapes)))
+
     lines = []
     for objects in (1, 2):
-        hits, both_kinds = [], []
+        sampled, rendered = [], []
         for seed, scene in eval_scenes(count, (objects, objects)):
-            image = generate(row, seed, scene, None)
-            found = scoring.objects(image)
-            present = [s.color in found for s in scene.shapes]
-            right = [found.get(s.color) == s.kind for s in scene.shapes]
-            hits.append(float(all(present) if objects == 2 else right[0]))
-            both_kinds.append(float(all(right)))
-        mean, lo, hi = bootstrap(hits)
-        what = "named colour with the named kind" if objects == 1 else "both named colours present"
-        lines.append(f"{objects}-object prompts, {what}: {mean:.2f} [{lo:.2f}, {hi:.2f}] of {len(hits)}")
-        if objects == 2:
-            mean, lo, hi = bootstrap(both_kinds)
-            lines.append(f"2-object prompts, both with the named kind: {mean:.2f} [{lo:.2f}, {hi:.2f}]")
+            sampled.append(reading(generate(row, seed, scene, None), scene))
+            rendered.append(reading(generate.reference(scene), scene))
+        measures = [(1, "named colour with the named kind")] if objects == 1 else \
+            [(0, "both named colours present"), (1, "both with the named kind")]
+        for column, what in measures:
+            mean, lo, hi = bootstrap([r[column] for r in sampled])
+            ceiling = np.mean([r[column] for r in rendered])
+            lines.append(f"{objects}-object prompts, {what}: {mean:.2f} [{lo:.2f}, {hi:.2f}] of {len(sampled)}"
+                         f" (rendered scenes through the VAE: {ceiling:.2f})")
     return "\n".join(lines)
 
 
@@ -259,6 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--quality", type=int, default=0, help="instead: N single- and N two-object prompts, no control")
     p.add_argument("--summary-only", action="store_true", help="only rebuild the table and grid from the results")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the per-row results")
+    p.add_argument("--images", type=Path, default=IMAGES, help="folder of every generated image (for --rescore)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the rows' kept images again instead of sampling, then summarise")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default); on 2 cores two 1-thread runs over\n                   different --rows beat one 2-thread run")
     args = p.parse_args(argv)
@@ -278,7 +327,11 @@ def main(argv=None) -> int:
             p.error(f"--rows: no row named {sorted(unknown)}; rows are {[r.name for r in rows]}")
         rows = [r for r in rows if r.name in wanted]
     results.mkdir(parents=True, exist_ok=True)
-    if not args.summary_only:
+    if args.rescore:
+        for row in rows:
+            if (results / f"{slug(row.name)}.jsonl").exists():
+                rescore(row, results, args.images)
+    elif not args.summary_only:
         model, clip, vae = shapes_model.load(args.model or shapes_model.SHIPPED)
         generate = Generator(model, clip, vae, heads, args)
         if args.quality:
@@ -288,7 +341,7 @@ def main(argv=None) -> int:
             print(report)
             return 0
         for row in rows:
-            run_row(row, generate, args.sets, results)
+            run_row(row, generate, args.sets, results, args.images)
     table = summarize(rows, args.sets, results)
     settings = f"{args.sets} sets, {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}, regions act in the first 30% of steps at all sites"
     (results.parent / "shapes_eval.md").write_text(f"{settings}\n\n{table}\n")

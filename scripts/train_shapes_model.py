@@ -109,6 +109,22 @@ def train_vae(vae, args, state) -> None:
     state.update(vae_step=step, vae_opt=opt.state_dict(), vae=ae.state_dict())
 
 
+def vae_ceiling(vae, args) -> dict[str, float]:
+    """How the evaluator reads held-out 2-4 object scenes after a VAE round trip: a
+    perfect diffusion model scores no better than this (precision, binding)."""
+    from comfyui_maskattn.evaluation import scoring
+    from comfyui_maskattn.nodes.shapes_model import through_vae
+    scores, seed = [], 0
+    while len(scores) < args.ceiling_scenes:
+        s = shapes.scene(seed, size=args.size)
+        seed += 1
+        if len(s.shapes) >= 2:
+            precision, _, binding = scoring.precision_recall_binding(through_vae(vae, s), [(x.color, x.kind) for x in s.shapes])
+            scores.append((precision, binding))
+    precision, binding = np.mean(scores, axis=0)
+    return {"precision": round(float(precision), 3), "binding": round(float(binding), 3)}
+
+
 @torch.no_grad()
 def normalize_latent(vae, latent_scale: float, args) -> tuple[float, float]:
     """TAESD's own vae_scale / vae_shift set so that the encoded latent x SDXL's scale
@@ -243,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--ceiling-scenes", type=int, default=100,
+                   help="held-out scenes the VAE's round trip is scored on after its stage")
     p.add_argument("--export", action="store_true",
                    help="write --out from the resume file's EMA weights now, without training")
     args = p.parse_args(argv)
@@ -255,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     host_env.load_package()
     from comfyui_maskattn.nodes import shapes_model
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "resume_path", "threads", "export")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "resume", "resume_path", "threads", "export", "ceiling_scenes")}
     config = shapes_model.ShapesModelConfig(image_size=args.size, train={**settings, "train_seed_base": shapes.TRAIN_SEED_BASE,
                                                                           "caption_drop": CAPTION_DROP})
     state = torch.load(args.resume_path, weights_only=False) if args.resume and args.resume_path.exists() else {}
@@ -271,6 +290,10 @@ def main(argv: list[str] | None = None) -> None:
         save_resume(args, state)
     vae.first_stage_model.eval().requires_grad_(False)
     log.info("vae raw latent mean %.3f, std %.3f", state["vae_mean"], state["vae_std"])
+    if "vae_ceiling" not in state:
+        state["vae_ceiling"] = vae_ceiling(vae, args)
+        save_resume(args, state)
+    log.info("vae round trip of held-out scenes, as the evaluator reads them: %s", state["vae_ceiling"])
     if args.export:
         model.model.diffusion_model.load_state_dict(state["ema_unet"])
         clip.cond_stage_model.load_state_dict(state["ema_clip"])
@@ -280,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         unet, encoders = train_diffusion(model, clip, vae, args, state)
     model.model.diffusion_model.load_state_dict(unet.state_dict())
     clip.cond_stage_model.load_state_dict(encoders.state_dict())
-    config.train.update(vae_raw_mean=state["vae_mean"], vae_raw_std=state["vae_std"])
+    config.train.update(vae_raw_mean=state["vae_mean"], vae_raw_std=state["vae_std"], vae_ceiling=state["vae_ceiling"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     shapes_model.save(args.out, config, model, clip, vae)
     log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)

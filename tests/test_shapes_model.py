@@ -97,7 +97,8 @@ def test_bad_files_are_named(shapes_model, fresh, tmp_path):
 def test_trainer_runs_resumes_and_exports(host, tmp_path):
     out = tmp_path / "m.safetensors"
     base = [sys.executable, str(REPO / "scripts" / "train_shapes_model.py"), "--out", str(out),
-            "--vae-steps", "2", "--vae-batch", "2", "--batch-size", "2", "--pool", "64", "--save-minutes", "0"]
+            "--vae-steps", "2", "--vae-batch", "2", "--batch-size", "2", "--pool", "64", "--save-minutes", "0",
+            "--ceiling-scenes", "4"]
     subprocess.run([*base, "--steps", "1"], check=True, capture_output=True, text=True)
     first = torch.load(str(out) + ".resume.pt", weights_only=False)
     assert first["step"] == 1 and first["vae_step"] == 2
@@ -107,6 +108,9 @@ def test_trainer_runs_resumes_and_exports(host, tmp_path):
     from comfyui_maskattn.nodes import shapes_model
     config = shapes_model.read_config(out)
     assert config.train["steps"] == 2 and config.train["train_seed_base"] == 10_000_000
+    ceiling = config.train["vae_ceiling"]              # measured once, after the VAE stage
+    assert set(ceiling) == {"precision", "binding"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
+    assert "vae round trip of held-out scenes" in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +141,31 @@ def test_demo_loader_loads_the_shapes_model_and_names_a_missing_file(host_nodes,
 
 def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
     """The evaluation runs rows through the nodes and the host's sampler and writes
-    per-set records, the table with intervals, the grid and the quality rates."""
+    per-set records, the table with intervals, the grid and the quality rates; every
+    image is kept, and --rescore scores the kept images again."""
     import json
-    results = tmp_path / "eval"
+    results, images = tmp_path / "eval", tmp_path / "images"
     command = [sys.executable, str(REPO / "scripts" / "evaluate_shapes.py"), "--model", str(saved_random),
-               "--results", str(results), "--sets", "2", "--steps", "3"]
-    done = subprocess.run([*command, "--rows", "none;swapping;guidance a=0.08;paint-with-words w'=0.3"],
-                          check=True, capture_output=True, text=True)
+               "--results", str(results), "--images", str(images), "--sets", "2", "--steps", "3"]
+    rows = ["rendered scene through the VAE", "none", "swapping", "guidance a=0.08", "paint-with-words w'=0.3"]
+    done = subprocess.run([*command, "--rows", ";".join(rows)], check=True, capture_output=True, text=True)
     assert "| guidance a=0.08 | 2 |" in done.stdout
-    for row in ("none", "swapping", "guidance_a=0.08", "paint-with-words_w_=0.3"):
+    for row in ("rendered_scene_through_the_VAE", "none", "swapping", "guidance_a=0.08", "paint-with-words_w_=0.3"):
         records = [json.loads(line) for line in (results / f"{row}.jsonl").read_text().splitlines()]
         assert len(records) == 2 and all(0.0 <= r["miou"] <= 1.0 for r in records)
-    assert (tmp_path / "shapes_eval.md").read_text().count("\n| ") == 5
+        assert sorted(p.stem for p in (images / row).glob("*.png")) == sorted(str(r["seed"]) for r in records)
+    assert (tmp_path / "shapes_eval.md").read_text().count("\n| ") == 6
     assert (tmp_path / "shapes_eval_grid.png").is_file()
+
+    path = results / "none.jsonl"
+    scored = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "binding": -1.0, "miou": -1.0}) + "\n" for r in scored))
+    subprocess.run([*command, "--rows", "none", "--rescore"], check=True, capture_output=True, text=True)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == scored
+    (images / "none" / f"{scored[0]['seed']}.png").unlink()
+    missing = subprocess.run([*command, "--rows", "none", "--rescore"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "none" in missing.stderr and "is missing" in missing.stderr
+
     quality = subprocess.run([*command, "--quality", "2"], check=True, capture_output=True, text=True)
     assert "1-object prompts, named colour with the named kind:" in quality.stdout
+    assert "(rendered scenes through the VAE: " in quality.stdout

@@ -52,7 +52,7 @@ def sample(model, clip, seed: int, steps: int = STEPS):
 
 def test_shipped_model_draws_what_it_is_asked(shipped):
     """Single-object prompts at fixed seeds give the named colour; the kind less often
-    (the model draws blobby shapes: over 100 prompts 0.40 have the named colour in the
+    (the model draws blobby shapes: over 100 prompts 0.39 have the named colour in the
     named kind, benchmarks/results/shapes_quality.md). A random model draws neither."""
     import nodes
     from comfyui_maskattn.evaluation import scoring
