@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .shapes import COLORS, KINDS
+from .shapes import COLORS
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)       # (C, 3)
 NAMES = list(COLORS)

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -165,11 +166,10 @@ def load(path: Path):
     return model, clip, vae
 
 
-def through_vae(vae: comfy.sd.VAE, scene: shapes.Scene):
+def through_vae(vae: comfy.sd.VAE, scene: shapes.Scene) -> np.ndarray:
     """The scene's own rendering, encoded and decoded by ``vae`` ((H, W, 3) uint8): what a
     perfect diffusion model on this VAE gives back, so what the evaluator's readings of
     generated images can at best be."""
-    import numpy as np
     image, _ = shapes.render(scene)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
     with torch.inference_mode():
