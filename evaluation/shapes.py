@@ -18,6 +18,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "
           "purple": (140, 60, 180), "orange": (240, 130, 30)}
 KINDS = ("circle", "square", "triangle")
 TRAIN_SEED_BASE = 10_000_000   # training scenes' seeds start here; evaluation uses small seeds
+EVAL_SEED_BASE = 0             # held-out scenes' seeds start here
 VOCABULARY = ("a", "and", ",", *COLORS, *KINDS)    # every word a caption can have
 
 
@@ -74,6 +75,18 @@ def scene(seed: int, size: int = 128, max_objects: int = 4) -> Scene:
                 break
         out.shapes.append(Shape(color, rng.choice(KINDS), box))
     return out
+
+
+def held_out(count: int, objects: tuple[int, int], size: int = 128):
+    """(seed, scene) of the first ``count`` held-out scenes with objects[0]..objects[1]
+    objects: the evaluation's sets, the same in every row and every run."""
+    seed = EVAL_SEED_BASE
+    while count:
+        s = scene(seed, size=size)
+        if objects[0] <= len(s.shapes) <= objects[1]:
+            yield seed, s
+            count -= 1
+        seed += 1
 
 
 def render(s: Scene) -> tuple[Image.Image, dict[str, np.ndarray]]:

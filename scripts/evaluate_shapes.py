@@ -4,7 +4,7 @@
     python scripts/evaluate_shapes.py --quality 100          # the model's own prompt following
     python scripts/evaluate_shapes.py --rescore --heads ...  # score the kept images again
 
-Each set is a held-out scene (2 to 4 objects; seeds from EVAL_SEED_BASE, never trained
+Each set is a held-out scene (2 to 4 objects; seeds from shapes.EVAL_SEED_BASE, never trained
 on): its caption is the prompt and each object's mask (or bounding box) is the region
 for the object's words. Every image goes through the host's KSampler (common_ksampler)
 with our nodes' own execute(): Region Prompt, Bind Region to Words, Region Mask
@@ -36,7 +36,6 @@ import host_env  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "shapes_eval"      # default of --results
 IMAGES = ROOT / "data" / "shapes_eval_images"                  # default of --images (git-ignored)
-EVAL_SEED_BASE = 0                  # training scenes start at 10_000_000
 GRID_SETS = 6                       # sets per row kept as PNGs for the grid
 
 
@@ -71,17 +70,6 @@ def rows_for(heads: dict[str, Path]) -> list[Row]:
         rows.append(Row(f"gates {name}, from 30%", heads=name, gate_start=0.3))
         rows.append(Row(f"gates {name} + guidance a=0.08", mode="guidance", heads=name))
     return rows
-
-
-def eval_scenes(count: int, objects: tuple[int, int]):
-    from comfyui_maskattn.evaluation import shapes
-    seed = EVAL_SEED_BASE
-    while count:
-        s = shapes.scene(seed)
-        if objects[0] <= len(s.shapes) <= objects[1]:
-            yield seed, s
-            count -= 1
-        seed += 1
 
 
 @dataclass
@@ -174,7 +162,7 @@ def run_row(row: Row, generate: Generator, sets: int, results: Path, images: Pat
     done = {json.loads(line)["seed"] for line in path.read_text().splitlines()} if path.exists() else set()
     (images / slug(row.name)).mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        for index, (seed, scene) in enumerate(eval_scenes(sets, (2, 4))):
+        for index, (seed, scene) in enumerate(shapes.held_out(sets, (2, 4))):
             if seed in done:
                 continue
             _, masks = shapes.render(scene)
@@ -196,7 +184,7 @@ def rescore(row: Row, results: Path, images: Path) -> None:
     from comfyui_maskattn.evaluation import shapes
     path = results / f"{slug(row.name)}.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    scenes = dict(eval_scenes(len(records), (2, 4)))
+    scenes = dict(shapes.held_out(len(records), (2, 4)))
     out = []
     for record in records:
         image_path = images / slug(row.name) / f"{record['seed']}.png"
@@ -241,7 +229,7 @@ def summarize(rows: list[Row], sets: int, results: Path) -> str:
 def grid(rows: list[Row], results: Path, out: Path) -> None:
     """The first GRID_SETS sets of every row, regions outlined in their colours."""
     from comfyui_maskattn.evaluation import shapes
-    scenes = list(eval_scenes(GRID_SETS, (2, 4)))
+    scenes = list(shapes.held_out(GRID_SETS, (2, 4)))
     cell, label = 128, 170
     present = [r for r in rows if (results / f"{slug(r.name)}.{scenes[0][0]}.png").exists()]
     canvas = Image.new("RGB", (label + cell * len(scenes), cell * (len(present) + 1)), "white")
@@ -267,7 +255,7 @@ def quality(generate: Generator, count: int) -> str:
     """The model's own prompt following: how often single-object prompts give the named
     colour with the named kind, and two-object prompts show both colours; beside each,
     what the scene's own rendering scores once through the model's VAE (the ceiling)."""
-    from comfyui_maskattn.evaluation import scoring
+    from comfyui_maskattn.evaluation import scoring, shapes
     row = Row("none")
 
     def reading(image, scene) -> tuple[float, float]:
@@ -279,7 +267,7 @@ def quality(generate: Generator, count: int) -> str:
     lines = []
     for objects in (1, 2):
         sampled, rendered = [], []
-        for seed, scene in eval_scenes(count, (objects, objects)):
+        for seed, scene in shapes.held_out(count, (objects, objects)):
             sampled.append(reading(generate(row, seed, scene, None), scene))
             rendered.append(reading(generate.reference(scene), scene))
         measures = [(1, "named colour with the named kind")] if objects == 1 else \

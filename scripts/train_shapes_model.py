@@ -114,13 +114,10 @@ def vae_ceiling(vae, args) -> dict[str, float]:
     perfect diffusion model scores no better than this (precision, binding)."""
     from comfyui_maskattn.evaluation import scoring
     from comfyui_maskattn.nodes.shapes_model import through_vae
-    scores, seed = [], 0
-    while len(scores) < args.ceiling_scenes:
-        s = shapes.scene(seed, size=args.size)
-        seed += 1
-        if len(s.shapes) >= 2:
-            precision, _, binding = scoring.precision_recall_binding(through_vae(vae, s), [(x.color, x.kind) for x in s.shapes])
-            scores.append((precision, binding))
+    scores = []
+    for _, s in shapes.held_out(args.ceiling_scenes, (2, 4), size=args.size):
+        precision, _, binding = scoring.precision_recall_binding(through_vae(vae, s), [(x.color, x.kind) for x in s.shapes])
+        scores.append((precision, binding))
     precision, binding = np.mean(scores, axis=0)
     return {"precision": round(float(precision), 3), "binding": round(float(binding), 3)}
 
