@@ -102,3 +102,19 @@ def precision_recall_binding(image: np.ndarray, named: list[tuple[str, str]]) ->
     recall = len(hits) / len(named) if named else 1.0
     binding = sum(found.get(c) == k for c, k in named) / len(named) if named else 1.0
     return precision, recall, binding
+
+
+KIND_ERRORS = ("right", "another named object's kind", "a kind not named", "missing")
+
+
+def kind_errors(found: dict[str, str], named: list[tuple[str, str]]) -> list[str]:
+    """For each named (colour, kind): is its colour drawn in its kind, in the kind the
+    caption gives another object (an attribute leaking across objects, MaskAttn-SDXL's
+    failure case), in a kind nobody named, or not at all (one of KIND_ERRORS)."""
+    out = []
+    for i, (colour, kind) in enumerate(named):
+        others = {k for j, (_, k) in enumerate(named) if j != i}
+        drawn = found.get(colour)
+        out.append(KIND_ERRORS[3] if drawn is None else KIND_ERRORS[0] if drawn == kind
+                   else KIND_ERRORS[1] if drawn in others else KIND_ERRORS[2])
+    return out

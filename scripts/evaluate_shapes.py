@@ -280,6 +280,14 @@ def quality(generate: Generator, count: int) -> str:
     return "\n".join(lines)
 
 
+def trained(path: Path) -> str:
+    """The model file and how long it trained: each --steps target of its runs."""
+    from comfyui_maskattn.nodes import shapes_model
+    train = shapes_model.read_config(path).train
+    targets = train.get("step_targets") or [train[k] for k in ("steps",) if k in train]
+    return f"{path.name}, diffusion steps {' -> '.join(map(str, targets))}" if targets else f"{path.name}, untrained"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="shapes model file (default: the shipped one)")
@@ -325,6 +333,7 @@ def main(argv=None) -> int:
         if args.quality:
             report = quality(generate, args.quality)
             (results.parent / "shapes_quality.md").write_text(
+                f"model: {trained(args.model or shapes_model.SHIPPED)}\n"
                 f"settings: {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}\n\n{report}\n")
             print(report)
             return 0

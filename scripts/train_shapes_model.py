@@ -2,13 +2,15 @@
 
     python scripts/train_shapes_model.py --out weights/shapes_sdxl.safetensors
     python scripts/train_shapes_model.py --out ... --resume        # continue a stopped run
+    python scripts/train_shapes_model.py --out ... --resume --steps 5000   # train on (the shipped model:
+                                                   # 2000, then --steps 3000, then --steps 5000)
 
 Two stages, one command: (1) the VAE (the host's TAESD: no normalisation layers, which
 at small widths wash the colours out) learns to reconstruct crops of the shapes images,
 then its own scale and shift are set so that, after SDXL's latent scale factor, the
 UNet sees zero mean and unit variance; (2) the UNet and both text encoders
-learn together with the diffusion loss (SDXL's epsilon objective, timesteps from the
-host's own discrete schedule), captions dropped 10% of the time so that CFG works,
+learn together with the diffusion loss (v-prediction, timesteps from the host's own
+discrete schedule), captions dropped 10% of the time so that CFG works,
 with an EMA of the weights that is what gets saved. Scenes come from
 evaluation/shapes.py by seed: training seeds start at shapes.TRAIN_SEED_BASE, far from the
 evaluation's. A resume file (``--out`` + ".resume.pt") is written every few minutes.
@@ -195,6 +197,10 @@ def train_diffusion(model, clip, vae, args, state) -> tuple[torch.nn.Module, tor
         ema["clip"].load_state_dict(state["ema_clip"])
         opt.load_state_dict(state["opt"])
     step = state.get("step", 0)
+    # Each --steps the run was continued to restarts the cosine warm (lr_at is keyed to it), so
+    # the weights depend on every target, not only the last: keep them all for the model file.
+    if step < args.steps and state.get("step_targets", [])[-1:] != [args.steps]:
+        state["step_targets"] = [*state.get("step_targets", []), args.steps]
     sampling = base.model_sampling
     pool = LatentPool(vae, base.latent_format, args, state)
     bar = tqdm(total=args.steps, initial=step, desc="unet+clip", dynamic_ncols=True)
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         unet, encoders = train_diffusion(model, clip, vae, args, state)
     model.model.diffusion_model.load_state_dict(unet.state_dict())
     clip.cond_stage_model.load_state_dict(encoders.state_dict())
-    config.train.update(vae_raw_mean=state["vae_mean"], vae_raw_std=state["vae_std"], vae_ceiling=state["vae_ceiling"])
+    config.train.update(vae_raw_mean=state["vae_mean"], vae_raw_std=state["vae_std"], vae_ceiling=state["vae_ceiling"],
+                        step_targets=state.get("step_targets", [args.steps]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     shapes_model.save(args.out, config, model, clip, vae)
     log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)

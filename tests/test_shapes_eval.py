@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_maskattn.evaluation.scoring import objects, precision_recall_binding, region_miou
+from comfyui_maskattn.evaluation.scoring import kind_errors, objects, precision_recall_binding, region_miou
 from comfyui_maskattn.evaluation.shapes import Scene, Shape, render, scene
 
 
@@ -52,6 +52,17 @@ def test_missing_and_extra_objects():
     extra = named + [("purple" if "purple" not in dict(named) else "orange", "circle")]
     precision, recall, _ = precision_recall_binding(np.asarray(image), extra)
     assert precision == 1.0 and recall < 1.0
+
+
+def test_kind_errors_tell_a_leaked_kind_from_an_unnamed_one():
+    """Drawn: a red circle, a blue square, a green triangle. Asked: a red square drawn as
+    a circle (the kind asked of green: leaked), a blue square (right), a green circle drawn
+    as a triangle (asked of nobody) and a yellow square (not drawn)."""
+    drawn = Scene(128, [Shape("red", "circle", (4, 4, 40, 40)), Shape("blue", "square", (70, 4, 110, 44)),
+                        Shape("green", "triangle", (20, 70, 70, 120))])
+    found = objects(np.asarray(render(drawn)[0]))
+    asked = [("red", "square"), ("blue", "square"), ("green", "circle"), ("yellow", "square")]
+    assert kind_errors(found, asked) == ["another named object's kind", "right", "a kind not named", "missing"]
 
 
 @pytest.mark.parametrize("pair", [("red", "yellow"), ("red", "blue"), ("blue", "red")])

@@ -108,6 +108,7 @@ def test_trainer_runs_resumes_and_exports(host, tmp_path):
     from comfyui_maskattn.nodes import shapes_model
     config = shapes_model.read_config(out)
     assert config.train["steps"] == 2 and config.train["train_seed_base"] == 10_000_000
+    assert config.train["step_targets"] == [1, 2]          # each continuation restarts the cosine: both kept
     ceiling = config.train["vae_ceiling"]              # measured once, after the VAE stage
     assert set(ceiling) == {"precision", "binding"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
     assert "vae round trip of held-out scenes" in done.stderr
@@ -166,6 +167,16 @@ def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
     missing = subprocess.run([*command, "--rows", "none", "--rescore"], capture_output=True, text=True)
     assert missing.returncode != 0 and "none" in missing.stderr and "is missing" in missing.stderr
 
+    from comfyui_maskattn.evaluation import shapes
+    kinds = subprocess.run([sys.executable, str(REPO / "scripts" / "kind_errors.py"), "--rows", "swapping",
+                            "--results", str(results), "--images", str(images)], check=True, capture_output=True,
+                           text=True)
+    named = sum(len(scene.shapes) for _, scene in shapes.held_out(2, (2, 4)))
+    row = next(line for line in kinds.stdout.splitlines() if line.startswith("| swapping |")).split(" | ")
+    assert int(row[1]) == named and abs(sum(map(float, row[2:6])) - 1.0) < 0.01     # every named object, once
+    assert "A wrong kind picked at random would be another object's in " in kinds.stdout
+
     quality = subprocess.run([*command, "--quality", "2"], check=True, capture_output=True, text=True)
     assert "1-object prompts, named colour with the named kind:" in quality.stdout
     assert "(rendered scenes through the VAE: " in quality.stdout
+    assert (tmp_path / "shapes_quality.md").read_text().startswith(f"model: {saved_random.name}, untrained\n")

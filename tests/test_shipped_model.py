@@ -50,28 +50,33 @@ def sample(model, clip, seed: int, steps: int = STEPS):
                                      {"samples": torch.zeros(1, 4, 16, 16)})[0]
 
 
-def test_shipped_model_draws_what_it_is_asked(shipped):
-    """Single-object prompts at fixed seeds give the named colour; the kind less often
-    (the model draws blobby shapes: over 100 prompts 0.39 have the named colour in the
-    named kind, benchmarks/results/shapes_quality.md). A random model draws neither."""
+def draw(shipped, prompt: str, seed: int) -> dict[str, str]:
+    """The objects (colour -> kind) the evaluator finds in the shipped model's image."""
     import nodes
     from comfyui_maskattn.evaluation import scoring
     model, clip, vae = shipped
+    positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    with torch.inference_mode():
+        latent = nodes.common_ksampler(model, seed, 16, 5.0, "euler", "normal", positive, negative,
+                                       {"samples": torch.zeros(1, 4, 16, 16)})[0]
+        image = nodes.VAEDecode().decode(vae, latent)[0][0]
+    return scoring.objects((image.numpy() * 255).round().astype(np.uint8))
+
+
+def test_shipped_model_draws_what_it_is_asked(shipped):
+    """Issue 8's bar at fixed seeds: single-object prompts give the named colour in the
+    named kind in most samples (over 100 prompts 0.93, benchmarks/results/shapes_quality.md),
+    two-object prompts both colours. A random model draws neither."""
     asked = [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "square"),
-             ("purple", "circle"), ("orange", "square")]
-    colour, kind = [], []
-    for seed, (color, shape) in enumerate(asked):
-        positive = nodes.CLIPTextEncode().encode(clip, f"a {color} {shape}")[0]
-        with torch.inference_mode():
-            latent = nodes.common_ksampler(model, seed, 16, 5.0, "euler", "normal", positive, negative,
-                                           {"samples": torch.zeros(1, 4, 16, 16)})[0]
-            image = nodes.VAEDecode().decode(vae, latent)[0][0]
-        found = scoring.objects((image.numpy() * 255).round().astype(np.uint8))
-        colour.append(color in found)
-        kind.append(found.get(color) == shape)
-    assert sum(colour) >= 5, f"the named colour in only {sum(colour)} of {len(asked)}: {colour}"
-    assert sum(kind) >= 2, f"the named colour in the named kind in only {sum(kind)} of {len(asked)}: {kind}"
+             ("purple", "circle"), ("orange", "triangle")]
+    found = [draw(shipped, f"a {color} {shape}", seed) for seed, (color, shape) in enumerate(asked)]
+    in_kind = [f.get(color) == shape for f, (color, shape) in zip(found, asked)]
+    assert sum(in_kind) >= 4, f"the named colour in the named kind in only {sum(in_kind)} of {len(asked)}: {found}"
+    pairs = list(zip(asked[0::2], asked[1::2])) + list(zip(asked[1::2], asked[2::2]))
+    both = [draw(shipped, f"a {a} {k} and a {b} {m}", seed) for seed, ((a, k), (b, m)) in enumerate(pairs)]
+    present = [{a, b} <= set(f) for f, ((a, _), (b, _)) in zip(both, pairs)]
+    assert sum(present) >= 4, f"both named colours in only {sum(present)} of {len(pairs)}: {both}"
 
 
 def mass_inside_after_window(patching, shipped, model, seeds, at_percent=0.5) -> float:
