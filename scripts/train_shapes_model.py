@@ -2,8 +2,7 @@
 
     python scripts/train_shapes_model.py --out weights/shapes_sdxl.safetensors
     python scripts/train_shapes_model.py --out ... --resume        # continue a stopped run
-    python scripts/train_shapes_model.py --out ... --resume --steps 5000   # train on (the shipped model:
-                                                   # 2000, then --steps 3000, then --steps 5000)
+    python scripts/train_shapes_model.py --out ... --steps 2000,3000,5000  # the shipped model's schedule
 
 Two stages, one command: (1) the VAE (the host's TAESD: no normalisation layers, which
 at small widths wash the colours out) learns to reconstruct crops of the shapes images,
@@ -130,7 +129,7 @@ def normalize_latent(vae, latent_scale: float, args) -> tuple[float, float]:
     factor has zero mean and unit std (what the UNet should see); returns the raw
     latent's mean and std."""
     ae = taesd(vae)
-    images, _ = scene_batch(shapes.TRAIN_SEED_BASE + 9_000_000, 256, args.size)
+    images, _ = scene_batch(shapes.TRAIN_SEED_BASE + 9_000_000, args.norm_scenes, args.size)
     raw = ae.taesd_encoder(images * 0.5 + 0.5)
     mean, std = float(raw.mean()), float(raw.std())
     ae.vae_scale.fill_(std * latent_scale)           # encode: raw / scale + shift
@@ -244,6 +243,17 @@ def train_diffusion(model, clip, vae, args, state) -> tuple[torch.nn.Module, tor
     return ema["unet"], ema["clip"]
 
 
+def step_targets(text: str) -> list[int]:
+    """'5000' or '2000,3000,5000': rising step counts to train to, one after another."""
+    try:
+        targets = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: step counts separated by commas, e.g. 2000,3000,5000") from None
+    if any(t <= 0 for t in targets) or targets != sorted(set(targets)):
+        raise argparse.ArgumentTypeError(f"{text!r}: step counts must be positive and rising")
+    return targets
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -254,7 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-crop", type=int, default=32, help="the VAE is convolutional: train on crops")
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--norm-scenes", type=int, default=256, help="scenes the VAE's latent mean and std are measured on")
+    p.add_argument("--steps", type=step_targets, default=[2000],
+                   help="diffusion steps; several (2000,3000,5000: the shipped model) continue the run to each in "
+                        "turn, each a warm restart of the cosine learning rate")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pool", type=int, default=4_000, help="training scenes (VAE-encoded once)")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", action="store_true",
                    help="write --out from the resume file's EMA weights now, without training")
     args = p.parse_args(argv)
+    targets, args.steps = args.steps, args.steps[-1]        # the settings record the last; the file all of them
     args.resume_path = Path(str(args.out) + ".resume.pt")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -303,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
         unet, encoders = model.model.diffusion_model, clip.cond_stage_model
         config.train["exported_at_step"] = state["step"]
     else:
-        unet, encoders = train_diffusion(model, clip, vae, args, state)
+        for target in targets:                              # each continuation as --resume --steps N runs it
+            args.steps = target
+            unet, encoders = train_diffusion(model, clip, vae, args, state)
     model.model.diffusion_model.load_state_dict(unet.state_dict())
     clip.cond_stage_model.load_state_dict(encoders.state_dict())
     config.train.update(vae_raw_mean=state["vae_mean"], vae_raw_std=state["vae_std"], vae_ceiling=state["vae_ceiling"],

@@ -95,23 +95,40 @@ def test_bad_files_are_named(shapes_model, fresh, tmp_path):
 
 
 def test_trainer_runs_resumes_and_exports(host, tmp_path):
+    def train(out, *extra, check=True):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "train_shapes_model.py"), "--out", str(out),
+                               "--vae-steps", "2", "--vae-batch", "2", "--batch-size", "2", "--pool", "64",
+                               "--ceiling-scenes", "4", "--norm-scenes", "8", "--warmup", "1", *extra],
+                              check=check, capture_output=True, text=True)
+
+    def live(out):                                     # fp32 weights (the saved file is fp16 EMA)
+        return torch.load(str(out) + ".resume.pt", weights_only=False)
+
     out = tmp_path / "m.safetensors"
-    base = [sys.executable, str(REPO / "scripts" / "train_shapes_model.py"), "--out", str(out),
-            "--vae-steps", "2", "--vae-batch", "2", "--batch-size", "2", "--pool", "64", "--save-minutes", "0",
-            "--ceiling-scenes", "4"]
-    subprocess.run([*base, "--steps", "1"], check=True, capture_output=True, text=True)
-    first = torch.load(str(out) + ".resume.pt", weights_only=False)
-    assert first["step"] == 1 and first["vae_step"] == 2
-    done = subprocess.run([*base, "--steps", "2", "--resume"], check=True, capture_output=True, text=True)
-    assert "resuming: vae step 2, diffusion step 1" in done.stderr
-    assert torch.load(str(out) + ".resume.pt", weights_only=False)["step"] == 2
+    train(out, "--steps", "2", "--save-minutes", "0")      # a resume file after every step (183 MB: slow)
+    first = live(out)
+    assert first["step"] == 2 and first["vae_step"] == 2
+    done = train(out, "--steps", "3", "--resume")
+    assert "resuming: vae step 2, diffusion step 2" in done.stderr
+    assert live(out)["step"] == 3
     from comfyui_maskattn.nodes import shapes_model
     config = shapes_model.read_config(out)
-    assert config.train["steps"] == 2 and config.train["train_seed_base"] == 10_000_000
-    assert config.train["step_targets"] == [1, 2]          # each continuation restarts the cosine: both kept
+    assert config.train["steps"] == 3 and config.train["train_seed_base"] == 10_000_000
+    assert config.train["step_targets"] == [2, 3]          # each continuation restarts the cosine: both kept
     ceiling = config.train["vae_ceiling"]              # measured once, after the VAE stage
     assert set(ceiling) == {"precision", "binding"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
     assert "vae round trip of held-out scenes" in done.stderr
+
+    # the same schedule in one command gives the same weights; straight to 3 steps does not
+    at_once, straight = tmp_path / "at_once.safetensors", tmp_path / "straight.safetensors"
+    train(at_once, "--steps", "2,3")
+    train(straight, "--steps", "3")
+    assert shapes_model.read_config(at_once).train["step_targets"] == [2, 3]
+    continued, one_run, other = live(out)["unet"], live(at_once)["unet"], live(straight)["unet"]
+    assert all(torch.equal(continued[k], one_run[k]) for k in continued)
+    assert not all(torch.equal(continued[k], other[k]) for k in continued)
+    bad = train(out, "--steps", "3,2", check=False)
+    assert bad.returncode != 0 and "must be positive and rising" in bad.stderr
 
 
 @pytest.fixture(scope="module")
