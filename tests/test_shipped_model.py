@@ -41,9 +41,9 @@ def half(side: str, size: int = 128) -> torch.Tensor:
     return mask
 
 
-def sample(model, clip, seed: int, steps: int = STEPS):
+def sample(model, clip, seed: int, steps: int = STEPS, prompt: str = PROMPT):
     import nodes
-    positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
+    positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
     with torch.inference_mode():
         return nodes.common_ksampler(model, seed, steps, 5.0, "euler", "normal", positive, negative,
@@ -55,11 +55,8 @@ def draw(shipped, prompt: str, seed: int) -> dict[str, str]:
     import nodes
     from comfyui_maskattn.evaluation import scoring
     model, clip, vae = shipped
-    positive = nodes.CLIPTextEncode().encode(clip, prompt)[0]
-    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = sample(model, clip, seed, 16, prompt)
     with torch.inference_mode():
-        latent = nodes.common_ksampler(model, seed, 16, 5.0, "euler", "normal", positive, negative,
-                                       {"samples": torch.zeros(1, 4, 16, 16)})[0]
         image = nodes.VAEDecode().decode(vae, latent)[0][0]
     return scoring.objects((image.numpy() * 255).round().astype(np.uint8))
 
