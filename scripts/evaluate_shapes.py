@@ -178,23 +178,27 @@ def run_row(row: Row, generate: Generator, sets: int, results: Path, images: Pat
             print(f"{row.name}: set {index + 1}/{sets} mIoU {record['miou']:.3f} ({seconds:.2f} s)", flush=True)
 
 
+def kept(row_name: str, results: Path, images: Path):
+    """(record, scene, image) of each set of a finished row, the image read back from the
+    kept PNGs: what --rescore and scripts/kind_errors.py read instead of sampling again."""
+    from comfyui_maskattn.evaluation import shapes
+    records = [json.loads(line) for line in (results / f"{slug(row_name)}.jsonl").read_text().splitlines()]
+    scenes = dict(shapes.held_out(len(records), (2, 4)))
+    for record in records:
+        image_path = images / slug(row_name) / f"{record['seed']}.png"
+        if not image_path.exists():
+            raise SystemExit(f"{image_path} is missing; rerun the row {row_name!r} "
+                             "with scripts/evaluate_shapes.py, not --rescore")
+        yield record, scenes[record["seed"]], np.asarray(Image.open(image_path).convert("RGB"))
+
+
 def rescore(row: Row, results: Path, images: Path) -> None:
     """Score a finished row's kept images again (after a change to evaluation/scoring.py);
     each record keeps its sampling time."""
     from comfyui_maskattn.evaluation import shapes
-    path = results / f"{slug(row.name)}.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    scenes = dict(shapes.held_out(len(records), (2, 4)))
-    out = []
-    for record in records:
-        image_path = images / slug(row.name) / f"{record['seed']}.png"
-        if not image_path.exists():
-            raise SystemExit(f"--rescore: {image_path} is missing; rerun the row {row.name!r} without --rescore")
-        scene = scenes[record["seed"]]
-        _, masks = shapes.render(scene)
-        image = np.asarray(Image.open(image_path).convert("RGB"))
-        out.append({**record, **score(image, scene, masks, row.boxes)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    out = [{**record, **score(image, scene, shapes.render(scene)[1], row.boxes)}
+           for record, scene, image in kept(row.name, results, images)]
+    (results / f"{slug(row.name)}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
 def slug(name: str) -> str:
@@ -284,7 +288,7 @@ def trained(path: Path) -> str:
     """The model file and how long it trained: each --steps target of its runs."""
     from comfyui_maskattn.nodes import shapes_model
     train = shapes_model.read_config(path).train
-    targets = train.get("step_targets") or [train[k] for k in ("steps",) if k in train]
+    targets = train.get("step_targets") or ([train["steps"]] if "steps" in train else [])
     return f"{path.name}, diffusion steps {' -> '.join(map(str, targets))}" if targets else f"{path.name}, untrained"
 
 

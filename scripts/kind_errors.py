@@ -12,17 +12,13 @@ wrong kind picked at random would give on the same scenes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import host_env  # noqa: E402
-from evaluate_shapes import IMAGES, RESULTS, slug  # noqa: E402
+from evaluate_shapes import IMAGES, RESULTS, kept, slug  # noqa: E402
 
 
 def chance(scenes) -> float:
@@ -49,25 +45,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     host_env.import_host(cpu=True)
     host_env.load_package()
-    from comfyui_maskattn.evaluation import scoring, shapes
+    from comfyui_maskattn.evaluation import scoring
 
     lines = ["| row | objects | " + " | ".join(scoring.KIND_ERRORS) + " | wrong kinds that are another's |",
              "|---" * (len(scoring.KIND_ERRORS) + 3) + "|"]
     read = {}                                            # seed -> scene, of every row
     for name in (r.strip() for r in args.rows.split(";")):
-        path = args.results / f"{slug(name)}.jsonl"
-        if not path.exists():
-            raise SystemExit(f"--rows: no results for {name!r} at {path}")
-        seeds = [json.loads(line)["seed"] for line in path.read_text().splitlines()]
-        scenes = dict(shapes.held_out(len(seeds), (2, 4)))
+        if not (args.results / f"{slug(name)}.jsonl").exists():
+            raise SystemExit(f"--rows: no results for {name!r} in {args.results}")
         counts = Counter()
-        for seed in seeds:
-            image_path = args.images / slug(name) / f"{seed}.png"
-            if not image_path.exists():
-                raise SystemExit(f"{image_path} is missing; rerun the row {name!r} with scripts/evaluate_shapes.py")
-            found = scoring.objects(np.asarray(Image.open(image_path).convert("RGB")))
-            counts.update(scoring.kind_errors(found, [(s.color, s.kind) for s in scenes[seed].shapes]))
-            read[seed] = scenes[seed]
+        for record, scene, image in kept(name, args.results, args.images):
+            counts.update(scoring.kind_errors(scoring.objects(image), [(s.color, s.kind) for s in scene.shapes]))
+            read[record["seed"]] = scene
         total = sum(counts.values())
         wrong = counts[scoring.KIND_ERRORS[1]] + counts[scoring.KIND_ERRORS[2]]
         shares = " | ".join(f"{counts[k] / total:.3f}" for k in scoring.KIND_ERRORS)
