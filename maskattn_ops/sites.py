@@ -16,7 +16,9 @@ import torch
 
 SiteKey = tuple[str, int, int]
 
-SITE_SETS = ("mid-resolution", "all")
+# "encoder": the input blocks' sites only. Guidance there is cheapest: its forward pass
+# ends at the last guided site, and its backward runs through the encoder alone.
+SITE_SETS = ("mid-resolution", "all", "encoder")
 # SDXL's 64x64 level at 1024px: half the latent grid (its 128x128 level has no sites).
 MID_RESOLUTION_DOWNSAMPLE = 2
 
@@ -44,6 +46,8 @@ def select_sites(sites: list[Site], selection: str | Iterable[str]) -> list[Site
     if isinstance(selection, str) and selection in SITE_SETS:
         if selection == "all":
             return list(sites)
+        if selection == "encoder":
+            return [s for s in sites if s.key[0] == "input"]
         chosen = [s for s in sites if s.downsample == MID_RESOLUTION_DOWNSAMPLE]
         if not chosen:
             levels = sorted({s.downsample for s in sites})

@@ -120,7 +120,8 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                 io.Float.Input("end_percent", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which they stop (Endo: the first 30%)."),
                 io.Combo.Input("sites", options=list(SITE_SETS), default="all",
-                               tooltip="Cross-attention sites to act at (Endo: all)."),
+                               tooltip="Cross-attention sites to act at (Endo: all). encoder: the input blocks' "
+                                       "sites only, the cheapest guidance (its pass stops after them)."),
                 io.String.Input("site_list", default="", optional=True,
                                 tooltip="Instead of 'sites': site names, comma-separated (e.g. input.4.0, output.3.1)."),
             ],

@@ -313,25 +313,30 @@ class LatentGuidance:
     def __deepcopy__(self, memo):
         return self     # immutable; the host deep-copies model_options on every clone
 
+    def loss(self, model_k, x_leaf, sigma, kwargs) -> torch.Tensor:
+        """The guidance pass: the positive prompt's forward from ``x_leaf``, ended at the
+        last guided site, and its masked-attention loss (autograd on)."""
+        store = kwargs["model_options"]["transformer_options"][RUN_STATE_KEY]
+        kw = dict(kwargs)
+        if kw.get("denoise_mask") is not None:
+            kw["denoise_mask"] = kw["denoise_mask"].clone()
+        guidance = GuidancePass(set(self.sites))
+        store.data["guidance_pass"] = guidance
+        try:
+            model_k(x_leaf, sigma, **kw)
+        except GuidanceForwardDone:
+            pass
+        finally:
+            store.data.pop("guidance_pass", None)
+        return guidance.loss()
+
     def shift(self, model_k, base_model, x, sigma, kwargs) -> None:
         """x <- x - alpha * s^2 * dL/dx in place, s = 1 / c_in: the paper's step on
         z = x * c_in (ComfyUI's state is x = z * sqrt(1 + sigma^2) for EPS models)."""
-        store = kwargs["model_options"]["transformer_options"][RUN_STATE_KEY]
         with torch.inference_mode(False), torch.enable_grad():
             _grad_ready(base_model)
             x_leaf = x.detach().clone().requires_grad_(True)
-            kw = dict(kwargs)
-            if kw.get("denoise_mask") is not None:
-                kw["denoise_mask"] = kw["denoise_mask"].clone()
-            guidance = GuidancePass(set(self.sites))
-            store.data["guidance_pass"] = guidance
-            try:
-                model_k(x_leaf, sigma, **kw)
-            except GuidanceForwardDone:
-                pass
-            finally:
-                store.data.pop("guidance_pass", None)
-            (grad,) = torch.autograd.grad(guidance.loss(), x_leaf)
+            (grad,) = torch.autograd.grad(self.loss(model_k, x_leaf, sigma, kwargs), x_leaf)
         c_in = base_model.model_sampling.calculate_input(sigma, torch.ones_like(x))
         x.sub_(self.alpha * grad.to(x.dtype) / c_in.pow(2))
 

@@ -48,9 +48,11 @@ def load_package():
     return module
 
 
-def import_host(path: Path | None = None, cpu: bool | None = None) -> Path:
+def import_host(path: Path | None = None, cpu: bool | None = None, **host_args) -> Path:
     """Puts the host on sys.path and imports comfy (on the CPU when no GPU is usable, or
-    when ``cpu`` says so). Idempotent."""
+    when ``cpu`` says so). ``host_args`` are set on the host's command-line args first
+    (e.g. use_pytorch_cross_attention=True, as ``--use-pytorch-cross-attention``); they
+    act only on the first import. Idempotent."""
     path = path or find_host()
     # `python -m pytest` from the repo root puts the root on sys.path ("" or its path),
     # where our nodes/ would shadow the host's nodes module.
@@ -67,6 +69,10 @@ def import_host(path: Path | None = None, cpu: bool | None = None) -> Path:
         cpu = not torch.cuda.is_available()
     if cpu:
         comfy.cli_args.args.cpu = True
+    for name, value in host_args.items():
+        if not hasattr(comfy.cli_args.args, name):
+            raise AttributeError(f"the host has no command-line arg {name!r}")
+        setattr(comfy.cli_args.args, name, value)
     # The host's main.py imports its `utils` package early; without that, comfy/utils.py
     # can end up as the top-level `utils` and a core node module fails to import.
     import utils.install_util  # noqa: F401

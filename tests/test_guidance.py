@@ -66,10 +66,14 @@ def endo_loss_written_out(calls, lam=0.5):
     return raw * ENDO_TERMS / terms
 
 
-def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt, regions, encode):
+@pytest.mark.parametrize("sites", ["all", "encoder"])
+def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt, regions, encode,
+                                             sites):
     """Reference: ComfyUI's model, DDIM (= euler without a mask), 10 steps, guided while
     sigma is in the window; the loop below applies Eq. 3 to z = x / sqrt(1 + sigma^2)
-    plainly. The node, through the real sampler, must give the same final latent."""
+    plainly, its guidance forward running the whole UNet. The node, through the real
+    sampler, must give the same final latent (with "encoder", from a pass it ends after
+    the input blocks)."""
     import comfy.sample
     import comfy.samplers
     positive, _ = region_prompt
@@ -79,7 +83,7 @@ def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny
     noise = comfy.sample.prepare_noise(latent, seed)
 
     with torch.inference_mode():
-        guided = guide(nodes_regions, tiny_models[0], regions, alpha=alpha, end=0.3)
+        guided = guide(nodes_regions, tiny_models[0], regions, alpha=alpha, end=0.3, sites=sites)
         sampler = comfy.samplers.sampler_object("ddim")
         sigmas = comfy.samplers.calculate_sigmas(tiny_models[0].get_model_object("model_sampling"), "normal", steps)
         node_out = comfy.sample.sample_custom(guided, noise, cfg, sampler, sigmas, positive, negative, latent, seed=seed)
@@ -88,7 +92,7 @@ def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny
     twin = tiny.build_model(seed=0)
     twin.model.requires_grad_(False)                     # frozen, as a sampled model is
     capture = Capture()
-    twin = patching.install_bias(twin, capture, "all")
+    twin = patching.install_bias(twin, capture, sites)
     window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(0.3)
 
     def endo_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -141,6 +145,20 @@ def test_guidance_raises_the_words_mass_inside_after_the_window(nodes_regions, p
     strong = words_mass_inside(patching, guide(nodes_regions, model, regions, alpha=0.32, end=0.5), sample)
     assert base < weak < strong, (base, weak, strong)
 
+
+@pytest.mark.parametrize("sites, blocks", [("encoder", {"input"}), ("all", {"input", "middle", "output"})])
+def test_guidance_pass_runs_only_up_to_the_last_guided_site(nodes_regions, patching, tiny_models, regions, sample,
+                                                           sites, blocks):
+    """The cost of guidance is its pass: "encoder" must end it after the input blocks."""
+    reached = set()
+
+    def probe(call):        # a bias provider that only records which blocks the pass reached
+        if call.run is not None and "guidance_pass" in call.run.data:
+            reached.add(call.site.key[0])
+        return None
+
+    sample(patching.install_bias(guide(nodes_regions, tiny_models[0], regions, sites=sites), probe, "all"), steps=3)
+    assert reached == blocks
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "heun", "ddim", "lcm"])
 def test_supported_samplers_run_guided(nodes_regions, tiny_models, regions, sample, sampler):

@@ -35,6 +35,8 @@ def test_mid_resolution_selection_on_real_sdxl(sdxl_sites):
     mid = select_sites(sdxl_sites, "mid-resolution")
     assert {s.key for s in mid} == MID_KEYS
     assert select_sites(sdxl_sites, "all") == sdxl_sites
+    encoder = select_sites(sdxl_sites, "encoder")
+    assert [s.key[:2] for s in encoder] == [("input", 4)] * 2 + [("input", 5)] * 2 + [("input", 7)] * 10 + [("input", 8)] * 10
     assert [s.name for s in select_sites(sdxl_sites, ["output.3.1", "middle.0.9"])] == ["output.3.1", "middle.0.9"]
     with pytest.raises(ValueError, match=r"unknown cross-attention site\(s\) \['input.1.0'\]"):
         select_sites(sdxl_sites, ["input.1.0"])
