@@ -233,14 +233,20 @@ def main(argv=None):
     plain = build_model(args.model, device)
     params = sum(p.numel() for p in plain.model.diffusion_model.parameters())
     dtype = next(plain.model.diffusion_model.parameters()).dtype
-    machine = (torch.cuda.get_device_name() if cuda else
-               f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    machine = torch.cuda.get_device_name() if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"{'SDXL' if args.model == 'sdxl' else 'tiny SDXL'} UNet, {params / 1e9:.3f} B params, {dtype}, built in "
           f"{time.monotonic() - started:.0f} s; {machine}; torch {torch.__version__}; host attention "
           f"{host_attention.optimized_attention.__name__}; {datetime.now(timezone.utc):%Y-%m-%d}", flush=True)
     bench = SizeBench(plain, names, device, sync, args.repeats)
     for size in (int(s) for s in args.sizes.split(",")):
         bench.run(size, cuda if args.whole_runs is None else args.whole_runs)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the architecture."""
+    found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M) \
+        if Path("/proc/cpuinfo").exists() else None
+    return found.group(1).strip() if found else f"CPU ({platform.machine()})"
 
 
 def gib(n: float) -> str:

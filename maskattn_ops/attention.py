@@ -84,13 +84,20 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tens
     return torch.einsum("bhnd,bhtd->bhnt", qh, kh) * qh.shape[-1] ** -0.5
 
 
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                        bias: torch.Tensor | None = None,
-                        edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: logits and softmax in fp32. ``edit`` may replace the probabilities
-    before they weight the values (masked-attention swapping). Returns (out (B, N,
+                        bias: torch.Tensor | None = None, edit: Edit | None = None,
+                        logits_edit: Edit | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: logits and softmax in fp32. ``logits_edit`` may change the scaled
+    QK^T before the bias is added (paint-with-words reads their max), ``edit`` the
+    probabilities before they weight the values (masked-attention swapping); both get
+    this function's own temporaries, so they may work in place. Returns (out (B, N,
     heads*d) in q's dtype, the probabilities used (B, heads, N, T) in fp32)."""
     logits = attention_logits(q, k, heads)                                   # (B, heads, N, T)
+    if logits_edit is not None:
+        logits = logits_edit(logits)
     if bias is not None:
         logits = logits + guard_bias(bias, tuple(logits.shape)).to(logits.device)
     probs = logits.softmax(dim=-1)

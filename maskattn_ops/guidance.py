@@ -48,31 +48,32 @@ def masked_attention_loss(probs: torch.Tensor, regions: list[SiteRegion], lam: f
     return loss
 
 
-def swap_attention(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Tensor:
+def swap_attention_(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Tensor:
     """Masked-attention swapping (Endo Sec. 3.1): the probabilities of the words in C_i
-    become 1/|C_i| inside S_i and 0 outside; other words keep theirs. (B, heads, N, T)."""
-    swapped = probs.clone()
+    become 1/|C_i| inside S_i and 0 outside; other words keep theirs. IN PLACE (only the
+    words' columns are written); returns ``probs`` (B, heads, N, T)."""
     for region in regions:
-        constant = region.mask.to(probs) / len(region.positions)           # (B|1, N)
+        constant = region.mask.to(probs)[:, None, :] / len(region.positions)   # (B|1, 1, N)
         blend = region.strength
         for position in region.positions:
-            swapped[..., position] = blend * constant[:, None, :] + (1 - blend) * probs[..., position]
-    return swapped
+            probs[..., position] = blend * constant + (1 - blend) * probs[..., position]
+    return probs
 
 
-def paint_with_words_bias(logits: torch.Tensor, regions: list[SiteRegion], weight: float,
-                          sigma: float | torch.Tensor) -> torch.Tensor:
-    """eDiff-I's paint-with-words: w' * log(1 + sigma) * max(QK^T) added to the logits of
-    the words in C_i inside S_i (Endo's baseline used w' = 0.3). ``logits`` (B, heads, N,
-    T) are the scaled QK^T; the max is taken per sample and head; ``sigma`` is one value
-    or one per sample. Returns the bias."""
+def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: float,
+                     sigma: float | torch.Tensor) -> torch.Tensor:
+    """eDiff-I's paint-with-words: adds w' * log(1 + sigma) * max(QK^T) to the logits of
+    the words in C_i inside S_i (Endo's baseline used w' = 0.3), IN PLACE, and returns
+    ``logits``. ``logits`` (B, heads, N, T) are the scaled QK^T; the max is taken per
+    sample and head; ``sigma`` is one value or one per sample. Only the words' columns
+    are written: the bias is zero everywhere else, so no dense bias is built."""
     log_sigma = torch.log1p(torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device)).reshape(-1, 1, 1, 1)
     scale = weight * log_sigma * logits.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
-    bias = torch.zeros_like(logits)
     for region in regions:
         inside = region.mask.to(logits)[:, None, :, None]                             # (B|1, 1, N, 1)
-        bias[..., list(region.positions)] += region.strength * scale * inside
-    return bias
+        columns = list(region.positions)
+        logits[..., columns] += region.strength * scale * inside
+    return logits
 
 
 REGION_MODES = ("guidance", "swapping", "paint-with-words")
@@ -103,11 +104,10 @@ class RegionAttention:
     def active(self, call) -> bool:
         return self.active_sigma(float(call.sigmas.max()))
 
-    def site_regions(self, call) -> tuple[torch.Tensor, list[SiteRegion]]:
-        """(cond row indices, regions with masks for those rows on the call's grid)."""
+    def site_regions(self, call) -> tuple[list[slice], list[SiteRegion]]:
+        """(the cond chunks' batch rows, regions with masks for one chunk on the call's
+        grid): every cond chunk holds the same latents, so one set of masks serves all."""
         per_chunk = call.batch // len(call.cond_or_uncond)
-        rows = (~call.is_uncond()).nonzero().flatten()                              # cond rows, in order
-        chunks = call.cond_or_uncond.count(0)
         out = []
         for index, region in enumerate(self.regions):
             key = (index, call.grid)
@@ -117,32 +117,44 @@ class RegionAttention:
             if grid_mask.shape[0] not in (1, per_chunk):
                 raise ValueError(f"Region Mask Guidance: the mask for {region.words!r} has batch "
                                  f"{grid_mask.shape[0]}, the latent batch is {per_chunk}")
-            grid_mask = grid_mask.expand(per_chunk, -1).repeat(chunks, 1)           # (cond rows, N)
             out.append(SiteRegion(grid_mask, tuple(region.positions_for(call.tokens)), region.strength))
-        return rows.to(call.q.device), out
+        return call.cond_chunks(), out
 
-    def __call__(self, call) -> torch.Tensor | None:
-        if self.mode != "paint-with-words" or not self.active(call):
+    def __call__(self, call) -> None:
+        return None                 # no additive bias: both modes edit the explicit path
+
+    def _acting(self, call, mode: str):
+        """(cond chunks, their regions) when ``mode`` acts on this call, else None."""
+        if self.mode != mode or not self.active(call):
             return None
-        rows, regions = self.site_regions(call)
-        if len(rows) == 0:
+        chunks, regions = self.site_regions(call)
+        return (chunks, regions) if chunks else None
+
+    def logits_edit(self, call):
+        """paint-with-words, in place on the site's own QK^T (computed once, not again
+        for a bias; only the words' columns of the cond rows are written)."""
+        acting = self._acting(call, "paint-with-words")
+        if acting is None:
             return None
-        logits = attention_logits(call.q[rows], call.k[rows], call.site.heads)        # (cond rows, heads, N, T)
-        sigmas = call.sigmas.to(logits.device).repeat(len(call.cond_or_uncond))[rows]  # sigma of each row
-        bias = logits.new_zeros(call.batch, *logits.shape[1:])
-        bias[rows] = paint_with_words_bias(logits, regions, self.weight, sigmas)
-        return bias
+        chunks, regions = acting
+        sigmas = call.sigmas.to(call.q.device)                                          # one per latent
+
+        def edit(logits):
+            for rows in chunks:
+                paint_with_words_(logits[rows], regions, self.weight, sigmas)
+            return logits
+        return edit
 
     def probs_edit(self, call):
-        if self.mode != "swapping" or not self.active(call):
+        """swapping, in place on the site's own probabilities (the cond rows' word columns)."""
+        acting = self._acting(call, "swapping")
+        if acting is None:
             return None
-        rows, regions = self.site_regions(call)
-        if len(rows) == 0:
-            return None
+        chunks, regions = acting
 
         def edit(probs):
-            probs = probs.clone()
-            probs[rows] = swap_attention(probs[rows], regions)
+            for rows in chunks:
+                swap_attention_(probs[rows], regions)
             return probs
         return edit
 
@@ -185,11 +197,12 @@ class GuidanceCapture:
         guidance = call.run.data.get("guidance_pass") if call.run is not None else None
         if guidance is None or call.site.name not in guidance.sites_left:
             return None
-        rows, regions = self.regions.site_regions(call)
-        probs = attention_logits(call.q[rows], call.k[rows], call.site.heads).softmax(-1)   # (rows, heads, N, T)
-        loss = masked_attention_loss(probs, regions, self.lam).sum()
-        guidance.raw_loss = loss if guidance.raw_loss is None else guidance.raw_loss + loss
-        guidance.terms += call.site.heads * probs.shape[-2]
+        chunks, regions = self.regions.site_regions(call)
+        for rows in chunks:
+            probs = attention_logits(call.q[rows], call.k[rows], call.site.heads).softmax(-1)   # (rows, heads, N, T)
+            loss = masked_attention_loss(probs, regions, self.lam).sum()
+            guidance.raw_loss = loss if guidance.raw_loss is None else guidance.raw_loss + loss
+        guidance.terms += call.site.heads * call.grid[0] * call.grid[1]
         guidance.sites_left.discard(call.site.name)
         if not guidance.sites_left:
             raise GuidanceForwardDone()

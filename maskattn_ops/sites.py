@@ -104,3 +104,9 @@ class SiteCall:
         per_chunk = self.batch // len(self.cond_or_uncond)
         flags = torch.tensor(self.cond_or_uncond, dtype=torch.bool)
         return flags.repeat_interleave(per_chunk)
+
+    def cond_chunks(self) -> list[slice]:
+        """The batch rows of each cond chunk, as slices: views of q (or of anything laid
+        out by batch) that in-place edits write through, with no gather or scatter."""
+        per_chunk = self.batch // len(self.cond_or_uncond)
+        return [slice(i * per_chunk, (i + 1) * per_chunk) for i, flag in enumerate(self.cond_or_uncond) if flag == 0]

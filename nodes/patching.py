@@ -43,9 +43,10 @@ ATTENTION_LAYERS = ("attn1", "attn2")   # self-attention, cross-attention
 class BiasProvider(Protocol):
     """A patch's contribution at a site: an additive logit bias broadcastable to
     (B, heads, N, T), or None to leave this call alone. May also define
-    ``probs_edit(call) -> (probs -> probs) | None``: for calls where it returns an edit,
-    the site runs the explicit-softmax path and lets the edit replace the probabilities
-    (masked-attention swapping); and ``to(device)`` and ``models()``."""
+    ``logits_edit(call)`` and ``probs_edit(call)``, each -> (tensor -> tensor) | None: for
+    calls where one returns an edit, the site runs the explicit-softmax path and lets the
+    edit change the scaled QK^T (paint-with-words) or the probabilities (masked-attention
+    swapping); and ``to(device)`` and ``models()``."""
 
     def __call__(self, call: SiteCall) -> torch.Tensor | None: ...
 
@@ -106,34 +107,36 @@ class SiteAttention:
             return None
         return sum(biases[1:], biases[0])
 
-    def edit(self, call: SiteCall):
-        """The providers' probability edits for this call, composed, or None."""
-        edits = [e for e in (p.probs_edit(call) for p in self.providers if hasattr(p, "probs_edit")) if e is not None]
+    def edit(self, call: SiteCall, kind: str):
+        """The providers' edits of one kind ("logits_edit", "probs_edit") for this call,
+        composed, or None."""
+        edits = [e for e in (getattr(p, kind)(call) for p in self.providers if hasattr(p, kind)) if e is not None]
         if not edits:
             return None
 
-        def run(probs):
+        def run(tensor):
             for edit in edits:
-                probs = edit(probs)
-            return probs
+                tensor = edit(tensor)
+            return tensor
         return run
 
-    def attention(self, q, k, v, heads: int, bias, edit):
-        if edit is None:
+    def attention(self, q, k, v, heads: int, bias, edits):
+        if edits == (None, None):
             return biased_attention(q, k, v, heads, bias)
-        return reference_attention(q, k, v, heads, bias, edit)[0]
+        logits_edit, probs_edit = edits
+        return reference_attention(q, k, v, heads, bias, probs_edit, logits_edit)[0]
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         call = site_call(self.site, q, k, extra_options)
-        bias, edit = self.bias(call), self.edit(call)
+        bias, edits = self.bias(call), (self.edit(call, "logits_edit"), self.edit(call, "probs_edit"))
         heads = extra_options["n_heads"]
-        changed = bias is not None or edit is not None
+        changed = bias is not None or edits != (None, None)
         if self.chained is None:
-            return self.attention(q, k, v, heads, bias, edit) if changed else host_attention_op(q, k, v, extra_options)
+            return self.attention(q, k, v, heads, bias, edits) if changed else host_attention_op(q, k, v, extra_options)
         out = self.chained(q, k, v, extra_options)
         if not changed:
             return out
-        return out + (self.attention(q, k, v, heads, bias, edit) - biased_attention(q, k, v, heads))
+        return out + (self.attention(q, k, v, heads, bias, edits) - biased_attention(q, k, v, heads))
 
     # The host deep-copies model_options on every clone(): share the providers (they
     # may hold weights) and copy only the list, so clones stay independent and cheap.

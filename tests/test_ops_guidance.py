@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from comfyui_maskattn.maskattn_ops.guidance import (
-    SiteRegion, mask_to_grid, masked_attention_loss, paint_with_words_bias, swap_attention)
+    SiteRegion, mask_to_grid, masked_attention_loss, paint_with_words_, swap_attention_)
 
 
 def probs_like(b=2, heads=3, n=16, t=77, seed=0):
@@ -63,7 +63,7 @@ def test_loss_gradient_pulls_inside_up_and_outside_down():
 def test_swapping_sets_constant_maps(fill):
     probs = probs_like()
     mask = torch.full((1, 16), float(fill)) if fill != "half" else (torch.arange(16) < 8).float()[None]
-    swapped = swap_attention(probs, [SiteRegion(mask, (2, 3))])
+    swapped = swap_attention_(probs.clone(), [SiteRegion(mask, (2, 3))])
     for w in (2, 3):
         assert_close(swapped[..., w], (mask / 2).expand(2, 3, 16))
     keep = [t for t in range(77) if t not in (2, 3)]
@@ -74,8 +74,32 @@ def test_paint_with_words_adds_scaled_max_inside_only():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 16, 77, generator=g)
     mask = (torch.arange(16) < 4).float()[None]
-    bias = paint_with_words_bias(logits, [SiteRegion(mask, (7,))], weight=0.3, sigma=14.6)
+    painted = paint_with_words_(logits.clone(), [SiteRegion(mask, (7,))], weight=0.3, sigma=14.6)
+    bias = painted - logits
     expected = 0.3 * math.log(1 + 14.6) * logits.amax(dim=(-2, -1))            # (B, heads)
     assert_close(bias[:, :, :4, 7], expected[..., None].expand(2, 3, 4))
     assert (bias[:, :, 4:, 7] == 0).all()
     assert (bias[..., [t for t in range(77) if t != 7]] == 0).all()
+
+
+def test_edits_write_through_the_cond_chunks_views_only():
+    """The sites edit their own temporaries in place through SiteCall.cond_chunks()
+    slices: the cond chunks change exactly as the op on a copy, uncond rows stay
+    bit-equal, wherever the host put the cond chunks."""
+    from comfyui_maskattn.maskattn_ops.sites import SiteCall
+    call = SiteCall(site=None, grid=(4, 4), batch=6, tokens=77, cond_or_uncond=(0, 1, 0),
+                    sigmas=torch.tensor([3.0, 7.0]), q=torch.zeros(6, 16, 8), k=torch.zeros(6, 77, 8))
+    assert call.cond_chunks() == [slice(0, 2), slice(4, 6)]
+    mask = (torch.arange(16) < 8).float()[None]
+    regions = [SiteRegion(mask, (2, 3))]
+    probs = probs_like(b=6)
+    logits = torch.randn(6, 3, 16, 77, generator=torch.Generator().manual_seed(1))
+    swapped, painted = probs.clone(), logits.clone()
+    for rows in call.cond_chunks():
+        swap_attention_(swapped[rows], regions)
+        paint_with_words_(painted[rows], regions, 0.3, call.sigmas)
+    for rows in call.cond_chunks():
+        assert torch.equal(swapped[rows], swap_attention_(probs[rows].clone(), regions))
+        assert torch.equal(painted[rows], paint_with_words_(logits[rows].clone(), regions, 0.3, call.sigmas))
+    assert torch.equal(swapped[2:4], probs[2:4]) and torch.equal(painted[2:4], logits[2:4])
+    assert not torch.equal(swapped[0:2], probs[0:2]) and not torch.equal(painted[4:6], logits[4:6])

@@ -99,10 +99,24 @@ def test_paint_with_words_raises_the_words_logits_inside_only(nodes_regions, pat
     model = guide(nodes_regions, tiny_models[0], regions, mode="paint-with-words", end=1.0)
     op = model.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 4, 0)]
     provider = op.providers[-1]
-    biases = []
-    op.providers[-1] = lambda call: biases.append((call, provider(call))) or biases[-1][1]
+    changes = []                                   # (call, logits after - before)
+
+    class Recorder:
+        def __call__(self, call):
+            return provider(call)
+
+        def logits_edit(self, call):
+            edit = provider.logits_edit(call)
+
+            def recorded(logits):
+                before = logits.clone()
+                changes.append((call, edit(logits) - before))
+                return logits
+            return recorded
+    op.providers[-1] = Recorder()
     assert torch.isfinite(sample(model, steps=2)).all()
-    for call, bias in biases:
+    assert len(changes) == 2
+    for call, bias in changes:
         inside = mask_to_grid(left_half(), call.grid)[0] > 0.5
         cond = ~call.is_uncond()
         assert (bias[cond][:, :, inside, 2] > 0).all() and (bias[cond][:, :, ~inside, 2] == 0).all()
