@@ -107,16 +107,15 @@ class RegionAttention:
     def site_regions(self, call) -> tuple[list[slice], list[SiteRegion]]:
         """(the cond chunks' batch rows, regions with masks for one chunk on the call's
         grid): every cond chunk holds the same latents, so one set of masks serves all."""
-        per_chunk = call.batch // len(call.cond_or_uncond)
         out = []
         for index, region in enumerate(self.regions):
             key = (index, call.grid)
             if key not in self._grids:
                 self._grids[key] = mask_to_grid(region.mask, call.grid)               # (B|1, N)
             grid_mask = self._grids[key].to(call.q.device)
-            if grid_mask.shape[0] not in (1, per_chunk):
+            if grid_mask.shape[0] not in (1, call.chunk_size):
                 raise ValueError(f"Region Mask Guidance: the mask for {region.words!r} has batch "
-                                 f"{grid_mask.shape[0]}, the latent batch is {per_chunk}")
+                                 f"{grid_mask.shape[0]}, the latent batch is {call.chunk_size}")
             out.append(SiteRegion(grid_mask, tuple(region.positions_for(call.tokens)), region.strength))
         return call.cond_chunks(), out
 

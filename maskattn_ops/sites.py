@@ -99,14 +99,18 @@ class SiteCall:
     k: torch.Tensor                # (B, T, heads*dim_head) projected keys
     run: RunStore | None = None    # per-sampling-run store, when the patch asked for one
 
+    @property
+    def chunk_size(self) -> int:
+        """Rows per cond/uncond chunk: the latent batch."""
+        return self.batch // len(self.cond_or_uncond)
+
     def is_uncond(self) -> torch.Tensor:
         """(B,) bool: which rows of q belong to an uncond chunk."""
-        per_chunk = self.batch // len(self.cond_or_uncond)
         flags = torch.tensor(self.cond_or_uncond, dtype=torch.bool)
-        return flags.repeat_interleave(per_chunk)
+        return flags.repeat_interleave(self.chunk_size)
 
     def cond_chunks(self) -> list[slice]:
         """The batch rows of each cond chunk, as slices: views of q (or of anything laid
         out by batch) that in-place edits write through, with no gather or scatter."""
-        per_chunk = self.batch // len(self.cond_or_uncond)
-        return [slice(i * per_chunk, (i + 1) * per_chunk) for i, flag in enumerate(self.cond_or_uncond) if flag == 0]
+        size = self.chunk_size
+        return [slice(i * size, (i + 1) * size) for i, flag in enumerate(self.cond_or_uncond) if flag == 0]

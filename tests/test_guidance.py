@@ -160,6 +160,7 @@ def test_guidance_pass_runs_only_up_to_the_last_guided_site(nodes_regions, patch
     sample(patching.install_bias(guide(nodes_regions, tiny_models[0], regions, sites=sites), probe, "all"), steps=3)
     assert reached == blocks
 
+
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "heun", "ddim", "lcm"])
 def test_supported_samplers_run_guided(nodes_regions, tiny_models, regions, sample, sampler):
     out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), sampler=sampler, steps=4)
