@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .gates import GateHead
+from .gate_head import GateHead
 from .sites import Site
 
 FORMAT = "maskattn-heads"

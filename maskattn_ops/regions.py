@@ -1,5 +1,5 @@
-"""Regions of the image bound to words of a prompt: masks and boxes, and the words'
-positions among the UNet's context tokens.
+"""Regions of the image bound to words of a prompt: masks and boxes, the words'
+positions among the UNet's context tokens, and masks resized to a site's token grid.
 
 ComfyUI's CLIP tokenizers (comfy/sd1_clip.py, tokenize_with_weights with
 ``return_word_ids=True``) give, per 77-token chunk, (token, weight, id) triples, the id
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Container
 
 import torch
+from torch import nn
 
 Token = tuple  # (token id, weight, segment id; 0 = not text)
 
@@ -95,3 +96,12 @@ def box_mask(x: int, y: int, width: int, height: int, image_width: int, image_he
     mask = torch.zeros(1, image_height, image_width)
     mask[:, y:y + height, x:x + width] = 1.0
     return mask
+
+
+def mask_to_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) mask of any size -> (B, h * w) by area (the fraction of each grid cell
+    the mask covers), so masks of any resolution and aspect land on any site's grid."""
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (B, H, W), got shape {tuple(mask.shape)}")
+    cells = nn.functional.adaptive_avg_pool2d(mask[:, None].float(), grid)   # (B, 1, h, w)
+    return cells.flatten(1)

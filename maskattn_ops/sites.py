@@ -10,9 +10,12 @@ three levels), so at a 1024px image (128x128 latent) the SDXL mid-resolution sit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from .run_state import RunState
 
 SiteKey = tuple[str, int, int]
 
@@ -74,18 +77,6 @@ def token_grid(activations_shape: list[int] | tuple[int, ...], tokens: int) -> t
     return h, w
 
 
-class RunStore:
-    """Data one site call leaves for a later one within a sampling run.
-
-    Deliberately not a dict: the host copies every nested dict (and list) of
-    transformer_options for each model evaluation (comfy/patcher_extension.py,
-    copy_nested_dicts / merge_nested_dicts), so a dict would be a fresh copy per call.
-    """
-
-    def __init__(self):
-        self.data: dict = {}
-
-
 @dataclass(frozen=True)
 class SiteCall:
     """What a bias provider knows about one call of one site."""
@@ -97,7 +88,7 @@ class SiteCall:
     sigmas: torch.Tensor           # (B // chunks,) sigma of each latent in the batch
     q: torch.Tensor                # (B, N, heads*dim_head) projected queries
     k: torch.Tensor                # (B, T, heads*dim_head) projected keys
-    run: RunStore | None = None    # per-sampling-run store, when the patch asked for one
+    run: "RunState | None" = None  # per-sampling-run state, when the patch asked for one
 
     @property
     def chunk_size(self) -> int:

@@ -1,15 +1,33 @@
-"""Demo models that ship with the extension, so workflows run without a checkpoint."""
+"""Load MaskAttn Demo Model: the demo models that ship with the extension, so workflows
+run without a checkpoint."""
 from __future__ import annotations
+
+import logging
 
 import torch
 from comfy_api.latest import io
 
-from . import shapes_model, tiny_sdxl
+from . import demo_models
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "MaskAttn/demo"
-SHAPES = "shapes SDXL, trained on rendered shapes (128 px)"
-TINY_RANDOM = "tiny SDXL, random weights (wiring only)"
+# Combo values are what saved workflows store: short keys, stable forever.
+SHAPES, TINY_RANDOM = "shapes-sdxl", "tiny-sdxl-random"
 DEMO_MODELS = (SHAPES, TINY_RANDOM)
+# Values that workflows saved by earlier versions hold, still loaded.
+LEGACY_VALUES = {
+    "shapes SDXL, trained on rendered shapes (128 px)": SHAPES,
+    "tiny SDXL, random weights (wiring only)": TINY_RANDOM,
+}
+
+
+def demo_model_key(value: str) -> str:
+    """A combo value, current or legacy, as its current key; anything else is an error."""
+    key = LEGACY_VALUES.get(value, value)
+    if key not in DEMO_MODELS:
+        raise ValueError(f"Load MaskAttn Demo Model (model): unknown model {value!r}; choose one of {list(DEMO_MODELS)}")
+    return key
 
 
 class MaskAttnLoadDemoModel(io.ComfyNode):
@@ -22,16 +40,17 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
             description=(
                 "A small model with SDXL's architecture (the same UNet blocks and cross-attention "
                 "sites, both CLIP encoders on the real tokenizer, a small VAE) in place of an SDXL "
-                "checkpoint. 'shapes SDXL' is trained on images of 1 to 4 coloured circles, "
+                "checkpoint. 'shapes-sdxl' is trained on images of 1 to 4 coloured circles, "
                 "squares and triangles (scripts/train_shapes_model.py writes "
                 "weights/shapes_sdxl.safetensors): prompt it like 'a red circle and a blue "
-                "square' at 128x128 (colours: red, green, blue, yellow, purple, orange). The "
-                "random one only runs the wiring."),
+                "square' at 128x128 (colours: red, green, blue, yellow, purple, orange). "
+                "'tiny-sdxl-random' has random weights and only runs the wiring."),
             inputs=[
                 io.Combo.Input("model", options=list(DEMO_MODELS), default=SHAPES,
-                               tooltip="Which demo model to load."),
+                               tooltip="shapes-sdxl: trained on rendered shapes (128 px). "
+                                       "tiny-sdxl-random: random weights (wiring only)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Seed of the random weights (random model only)."),
+                             tooltip="Seed of the random weights (tiny-sdxl-random only)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The UNet, like a checkpoint loader's MODEL."),
@@ -41,13 +60,24 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model: str) -> bool | str:
+        """Takes over the host's list check of ``model``, so that workflows saved with the
+        earlier, longer values still load."""
+        try:
+            demo_model_key(model)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, model: str, seed: int) -> io.NodeOutput:
-        if model not in DEMO_MODELS:
-            raise ValueError(f"Load MaskAttn Demo Model: unknown model {model!r}; choose one of {list(DEMO_MODELS)}")
+        key = demo_model_key(model)
+        if key != model:
+            log.info("Load MaskAttn Demo Model: %r is now %r", model, key)
         with torch.inference_mode():
-            if model == TINY_RANDOM:
-                return io.NodeOutput(*tiny_sdxl.build_all(seed))
-            if not shapes_model.SHIPPED.is_file():
-                raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {shapes_model.SHIPPED} is missing; "
+            if key == TINY_RANDOM:
+                return io.NodeOutput(*demo_models.build_all(seed))
+            if not demo_models.SHIPPED.is_file():
+                raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {demo_models.SHIPPED} is missing; "
                                         "train it with scripts/train_shapes_model.py --out <that path>")
-            return io.NodeOutput(*shapes_model.load(shapes_model.SHIPPED))
+            return io.NodeOutput(*demo_models.load_shapes_model(demo_models.SHIPPED))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..maskattn_ops.gates import GATE_MODES
-from ..maskattn_ops.gating import GateBias, SelfAttentionGate
+from ..maskattn_ops.gate_head import GATE_MODES
+from ..maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
 from .model_folders import HEADS_FOLDER

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..maskattn_ops.guidance import REGION_MODES, GuidanceCapture, RegionAttention
+from ..maskattn_ops.guidance import GuidanceCapture
+from ..maskattn_ops.region_attention import REGION_MODES, RegionAttention
 from ..maskattn_ops.regions import Region, WordNotInPrompt, box_mask, check_mask
 from ..maskattn_ops.sites import SITE_SETS, select_sites
 from . import patching

@@ -7,9 +7,9 @@ import itertools
 import torch
 from comfy_api.latest import io
 
+from ..maskattn_ops import heatmaps
 from ..maskattn_ops.regions import WordNotInPrompt
 from ..maskattn_ops.sites import SITE_SETS, select_sites
-from . import render
 from .nodes_regions import Prompt, Regions
 from .patching import discover_sites
 from .visualize import capture_maps
@@ -100,6 +100,6 @@ class MaskAttnVisualizeGates(io.ComfyNode):
         h, w = latent["samples"].shape[-2:]
         size = (max(1, round(TILE_WIDTH * h / w)), TILE_WIDTH)
         outlines = [r.mask for r in regions or ()]
-        rows = [[render.tile(m, f"{word} | {label} | {step_percent:.0%}", size, image, outlines) for label, m in columns]
+        rows = [[heatmaps.tile(m, f"{word} | {label} | {step_percent:.0%}", size, image, outlines) for label, m in columns]
                 for word, columns in rows_maps]
-        return io.NodeOutput(render.grid(rows))
+        return io.NodeOutput(heatmaps.grid(rows))

@@ -12,14 +12,17 @@ bias (and, for swapping, a probability edit) for this call and runs
 replace from another pack at the same site is chained, not dropped. Self-attention
 (attn1) replaces work the same way.
 
-Also here: the per-sampling-run store (an OUTER_SAMPLE wrapper), and masked-attention
+Also here: the per-sampling-run state (an OUTER_SAMPLE wrapper), masked-attention
 guidance's hold on the sampler's latent (SAMPLER_SAMPLE and CALC_COND_BATCH wrappers and
-the one scoped, restored swap of a host name, see below).
+the one scoped, restored swap of a host name, see below), and the queries that other
+modules need instead of reading ``model_options`` themselves (``providers``,
+``map_providers``, ``with_captures``, ``latent_guidance``, ``FrozenModel``).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from typing import Callable, Iterable, Protocol
 
 import torch
@@ -33,10 +36,16 @@ from comfy.model_patcher import ModelPatcher
 
 from ..maskattn_ops.attention import biased_attention, reference_attention
 from ..maskattn_ops.guidance import GuidanceForwardDone, GuidancePass
-from ..maskattn_ops.sites import RunStore, Site, SiteCall, select_sites, token_grid
+from ..maskattn_ops.run_state import Captures, RunState
+from ..maskattn_ops.sites import Site, SiteCall, select_sites, token_grid
 
-# transformer_options key of the per-sampling-run store (see with_run_state)
+log = logging.getLogger(__name__)
+
+# transformer_options keys: the per-sampling-run state (see with_run_state), a request to
+# record captures in it (see with_captures), Region Mask Guidance's latent step
 RUN_STATE_KEY = "maskattn_run"
+CAPTURES_KEY = "maskattn_captures"
+GUIDANCE_KEY = "maskattn_guidance"
 ATTENTION_LAYERS = ("attn1", "attn2")   # self-attention, cross-attention
 
 
@@ -227,12 +236,13 @@ def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Itera
 
 
 def _run_state_wrapper(executor, *args, **kwargs):
-    """OUTER_SAMPLE: a fresh store for this sampling run (providers pass data from one
+    """OUTER_SAMPLE: a fresh RunState for this sampling run (providers pass data from one
     site call to a later one through it), dropped when the run ends, however it ends."""
     guider = executor.class_obj
     original = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
-    guider.model_options["transformer_options"][RUN_STATE_KEY] = RunStore()
+    options = guider.model_options["transformer_options"]
+    options[RUN_STATE_KEY] = RunState(captures=options.get(CAPTURES_KEY))
     try:
         return executor(*args, **kwargs)
     finally:
@@ -240,7 +250,7 @@ def _run_state_wrapper(executor, *args, **kwargs):
 
 
 def with_run_state(model: ModelPatcher) -> ModelPatcher:
-    """Gives ``model`` (a clone of ours) a per-run store, visible to providers as
+    """Gives ``model`` (a clone of ours) a per-run state, visible to providers as
     ``SiteCall.run``. Idempotent."""
     if not model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY):
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY, _run_state_wrapper)
@@ -319,18 +329,18 @@ class LatentGuidance:
     def loss(self, model_k, x_leaf, sigma, kwargs) -> torch.Tensor:
         """The guidance pass: the positive prompt's forward from ``x_leaf``, ended at the
         last guided site, and its masked-attention loss (autograd on)."""
-        store = kwargs["model_options"]["transformer_options"][RUN_STATE_KEY]
+        run = kwargs["model_options"]["transformer_options"][RUN_STATE_KEY]
         kw = dict(kwargs)
         if kw.get("denoise_mask") is not None:
             kw["denoise_mask"] = kw["denoise_mask"].clone()
         guidance = GuidancePass(set(self.sites))
-        store.data["guidance_pass"] = guidance
+        run.guidance_pass = guidance
         try:
             model_k(x_leaf, sigma, **kw)
         except GuidanceForwardDone:
             pass
         finally:
-            store.data.pop("guidance_pass", None)
+            run.guidance_pass = None
         return guidance.loss()
 
     def shift(self, model_k, base_model, x, sigma, kwargs) -> None:
@@ -351,6 +361,7 @@ class GuidedModelFunction:
 
     def __init__(self, model_k, guidance: LatentGuidance, marker: StepMarker, base_model):
         self._model_k, self._guidance, self._marker, self._base = model_k, guidance, marker, base_model
+        self.guided_steps = 0
 
     def __getattr__(self, name):
         return getattr(self._model_k, name)
@@ -358,6 +369,7 @@ class GuidedModelFunction:
     def __call__(self, x, sigma, **kwargs):
         if self._marker.take() and self._guidance.regions.active_sigma(float(sigma.max())):
             self._guidance.shift(self._model_k, self._base, x, sigma, kwargs)
+            self.guided_steps += 1
         return self._model_k(x, sigma, **kwargs)
 
 
@@ -378,27 +390,33 @@ def _guided_sampler_wrapper(executor, guider, sigmas, extra_args, callback, nois
     guidance = guider.model_options["transformer_options"][GUIDANCE_KEY]
     marker = StepMarker()
     base_model = guider.model_patcher.model
+    proxies: list[GuidedModelFunction] = []
 
     def guided_function(model_k, *args, **kwargs):
-        return fn(GuidedModelFunction(model_k, guidance, marker, base_model), *args, **kwargs)
+        proxies.append(GuidedModelFunction(model_k, guidance, marker, base_model))
+        return fn(proxies[-1], *args, **kwargs)
 
     sampler.sampler_function = guided_function
     try:
         with marked_steps(marker):
-            return executor(guider, sigmas, extra_args, callback, noise, latent, denoise_mask, disable_pbar)
+            out = executor(guider, sigmas, extra_args, callback, noise, latent, denoise_mask, disable_pbar)
     finally:
         sampler.sampler_function = fn
+    guided = sum(p.guided_steps for p in proxies)
+    if marker.steps == 0:
+        log.warning("Region Mask Guidance: sampler '%s' reported no steps, so no step was guided",
+                    _sampler_name(sampler))
+    else:
+        log.info("Region Mask Guidance: guided %d of %d steps", guided, marker.steps)
+    return out
 
 
 def _cond_only_in_guidance_pass(executor, model, conds, x, timestep, model_options):
     """CALC_COND_BATCH: the guidance pass needs the positive prompt's forward only."""
-    store = model_options["transformer_options"].get(RUN_STATE_KEY)
-    if store is not None and "guidance_pass" in store.data:
+    run = model_options["transformer_options"].get(RUN_STATE_KEY)
+    if run is not None and run.guidance_pass is not None:
         conds = [conds[0]] + [None] * (len(conds) - 1)
     return executor(model, conds, x, timestep, model_options)
-
-
-GUIDANCE_KEY = "maskattn_guidance"
 
 
 def install_latent_guidance(model: ModelPatcher, guidance: LatentGuidance) -> ModelPatcher:
@@ -409,3 +427,74 @@ def install_latent_guidance(model: ModelPatcher, guidance: LatentGuidance) -> Mo
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, GUIDANCE_KEY, _guided_sampler_wrapper)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, GUIDANCE_KEY, _cond_only_in_guidance_pass)
     return patched
+
+
+def latent_guidance(model: ModelPatcher) -> LatentGuidance | None:
+    """The latent step Region Mask Guidance installed on ``model``, if any."""
+    return model.model_options["transformer_options"].get(GUIDANCE_KEY)
+
+
+# --- Queries for the rest of the extension and the lab -----------------------------------
+
+def _replaces(model: ModelPatcher, layer: str) -> dict:
+    return model.model_options["transformer_options"].get("patches_replace", {}).get(layer, {})
+
+
+def providers(model: ModelPatcher, kind: type, layer: str = "attn2") -> list:
+    """The distinct providers of type ``kind`` installed at ``layer`` of ``model``."""
+    found: dict[int, object] = {}
+    for op in _replaces(model, layer).values():
+        if isinstance(op, SiteAttention):
+            for provider in op.providers:
+                if isinstance(provider, kind):
+                    found.setdefault(id(provider), provider)
+    return list(found.values())
+
+
+def map_providers(model: ModelPatcher, change: Callable, layer: str = "attn2") -> ModelPatcher:
+    """A clone of ``model`` whose providers at ``layer`` are ``change(provider)``, in new
+    replace objects (the installed ones are shared with ``model`` and stay as they were)."""
+    patched = model.clone()
+    for key, op in list(_replaces(patched, layer).items()):
+        if isinstance(op, SiteAttention):
+            patched.set_model_patch_replace(
+                SiteAttention(op.site, [change(p) for p in op.providers], op.chained), layer, *key)
+    return patched
+
+
+class _SharedCaptures(Captures):
+    """Captures placed in model_options: the host deep-copies model_options on clone at
+    0.3.64, and the caller must read back the very object the run wrote to."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def with_captures(model: ModelPatcher) -> tuple[ModelPatcher, Captures]:
+    """A clone of ``model`` whose sampling runs record captures (gate logits, and what
+    attention probes write), and the Captures object they record into."""
+    captures = _SharedCaptures()
+    patched = with_run_state(model.clone())
+    patched.model_options["transformer_options"][CAPTURES_KEY] = captures
+    return patched, captures
+
+
+class FrozenModel:
+    """A patched model evaluated directly, outside any sampler (the heads trainer): the
+    host's ``apply_model`` with the patches of ``patched`` and a RunState of the caller's.
+    The backbone's parameters are frozen (requires_grad off)."""
+
+    def __init__(self, patched: ModelPatcher):
+        self._base = patched.model
+        self._options = patched.model_options["transformer_options"]
+        for p in self._base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def model_sampling(self):
+        return self._base.model_sampling
+
+    def __call__(self, x, sigma, context, y, run: RunState) -> torch.Tensor:
+        """The denoised latent for noised ``x`` at ``sigma`` (one cond chunk per sample)."""
+        options = {**self._options, "cond_or_uncond": [0], "sigmas": sigma, RUN_STATE_KEY: run}
+        return self._base.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)

@@ -1,73 +1,12 @@
 """Where the evaluation's wrong kinds come from, read from the images it kept.
 
-    python scripts/kind_errors.py --rows "none;gates mask-supervised" --out benchmarks/results/shapes_kind_errors.md
-
-Binding (right colour in the right kind) fails two ways: an object drawn in the kind
-the caption gives another object (attributes leaking across objects, the failure
-MaskAttn-SDXL's gates are meant to fix) or in a kind nobody named (the model cannot
-draw it). Each named object of each set is counted once (evaluation/scoring.kind_errors);
-the last column is the share of wrong kinds that are another object's, beside what a
-wrong kind picked at random would give on the same scenes.
+Thin CLI over the lab: the options are in maskattn_lab/kind_errors.py (`--help` lists them with
+their defaults). Runs in the project's venv (scripts/setup.sh), where `maskattn_lab` and
+this repo's package are importable.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import host_env  # noqa: E402
-from evaluate_shapes import IMAGES, RESULTS, kept, slug  # noqa: E402
-
-
-def chance(scenes) -> float:
-    """Share of wrong kinds that some other object of the scene is named with, if an
-    object's wrong kind were either of the two others at random."""
-    from comfyui_maskattn.evaluation import shapes
-    hits = total = 0
-    for scene in scenes:
-        for i, s in enumerate(scene.shapes):
-            others = {o.kind for j, o in enumerate(scene.shapes) if j != i}
-            for kind in shapes.KINDS:
-                if kind != s.kind:
-                    total += 1
-                    hits += kind in others
-    return hits / total
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", required=True, help="row names, separated by ';'")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the per-row results (the sets to read)")
-    p.add_argument("--images", type=Path, default=IMAGES, help="folder of the kept images")
-    p.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = p.parse_args(argv)
-    host_env.import_host(cpu=True)
-    host_env.load_package()
-    from comfyui_maskattn.evaluation import scoring
-
-    lines = ["| row | objects | " + " | ".join(scoring.KIND_ERRORS) + " | wrong kinds that are another's |",
-             "|---" * (len(scoring.KIND_ERRORS) + 3) + "|"]
-    read = {}                                            # seed -> scene, of every row
-    for name in (r.strip() for r in args.rows.split(";")):
-        if not (args.results / f"{slug(name)}.jsonl").exists():
-            raise SystemExit(f"--rows: no results for {name!r} in {args.results}")
-        counts = Counter()
-        for record, scene, image in kept(name, args.results, args.images):
-            counts.update(scoring.kind_errors(scoring.objects(image), [(s.color, s.kind) for s in scene.shapes]))
-            read[record["seed"]] = scene
-        total = sum(counts.values())
-        wrong = counts[scoring.KIND_ERRORS[1]] + counts[scoring.KIND_ERRORS[2]]
-        shares = " | ".join(f"{counts[k] / total:.3f}" for k in scoring.KIND_ERRORS)
-        leaked = f"{counts[scoring.KIND_ERRORS[1]] / wrong:.2f}" if wrong else "-"
-        lines.append(f"| {name} | {total} | {shares} | {leaked} |")
-    table = "\n".join(lines) + f"\n\nA wrong kind picked at random would be another object's in {chance(read.values()):.2f} of cases.\n"
-    print(table)
-    if args.out:
-        args.out.write_text(table)
-    return 0
-
+from maskattn_lab.kind_errors import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,21 +7,17 @@ Seeds start at the shapes model's training base (shapes.TRAIN_SEED_BASE): the ev
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import host_env  # noqa: E402
+from maskattn_lab import cli, shapes
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--count", type=int, default=4000)
+    p = cli.parser(__doc__)
+    p.add_argument("--out", type=Path, required=True, help="folder to write the pairs to")
+    p.add_argument("--count", type=int, default=4000, help="pairs (scenes) to write")
     args = p.parse_args(argv)
-    host_env.load_package()
-    from comfyui_maskattn.evaluation import shapes
     written = shapes.write_pairs(args.out, range(shapes.TRAIN_SEED_BASE, shapes.TRAIN_SEED_BASE + args.count))
     print(f"wrote {written} pairs to {args.out}")
     return 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything this extension needs on a fresh machine, idempotently:
 #   a venv with the pinned torch, the pinned ComfyUI host and its requirements,
-#   this repo linked into the host's custom_nodes/, and the test tools (pytest;
+#   this repo linked into the host's custom_nodes/ and importable in the venv
+#   (comfyui_maskattn, maskattn_lab), and the test tools (pytest;
 #   Debian's chromium and npm's playwright-core for the browser test).
 # A second run only checks stamps and returns in a second or two.
 #
@@ -75,7 +76,22 @@ case "$REPO" in
     ;;
 esac
 
-# 5. the browser test's tools: Debian's Chromium and npm's playwright-core -------
+# 5. this repo importable in the venv as the package comfyui_maskattn, and its lab as
+# maskattn_lab, through a path file (never the repo root on sys.path: its nodes/ would
+# shadow the host's top-level nodes module) --------------------------------------
+IMPORTS="$VENV/maskattn-imports"
+mkdir -p "$IMPORTS"
+for pair in "$PACKAGE_NAME:$REPO" "maskattn_lab:$REPO/maskattn_lab"; do
+  name="${pair%%:*}" target="${pair#*:}"
+  if [ "$(readlink -f "$IMPORTS/$name" 2>/dev/null)" != "$target" ]; then
+    rm -rf "${IMPORTS:?}/$name"
+    ln -s "$target" "$IMPORTS/$name"
+  fi
+done
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$IMPORTS" > "$SITE/maskattn.pth"
+
+# 6. the browser test's tools: Debian's Chromium and npm's playwright-core -------
 # (no browser download: playwright-core drives /usr/bin/chromium)
 if [ ! -x /usr/bin/chromium ]; then
   log "installing Debian's chromium (for the browser test of the workflow templates)"

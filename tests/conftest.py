@@ -1,25 +1,53 @@
-"""Test harness: our package loaded as a package, the real ComfyUI host imported once
-per run, and tiny SDXL-architecture models built once per run (in inference mode, as
-the host's loader nodes build them)."""
+"""Test harness. Tiers: tests/ops (pure torch, no host), tests/host (the real ComfyUI
+in-process, tiny models), tests/e2e (servers, the browser, subprocess CLIs); see
+scripts/test.sh. Fixtures are lazy: a test pays only for what it asks for. The host is
+imported once per run, tiny SDXL-architecture models are built once per run (in
+inference mode, as the host's loader nodes build them), and the host's node registry
+(init_extra_nodes, ~40 s) only for tests that run graphs or check registration."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import host_env  # noqa: E402
+try:        # this repo as a package, and the lab: put in the venv by scripts/setup.sh
+    import comfyui_maskattn  # noqa: F401
+    from maskattn_lab import host as lab_host
+except ImportError as e:
+    raise ImportError(f"{e}: run the tests in the venv that scripts/setup.sh made "
+                      "(bash scripts/test.sh does both)") from None
 
-host_env.load_package()  # tests import `comfyui_maskattn.maskattn_ops...` directly
+COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60), "yellow": (230, 210, 30)}
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory):
+    """Eight 128px images of one flat shape each, with captions naming it."""
+    folder = tmp_path_factory.mktemp("pairs")
+    for i in range(8):
+        color = list(COLORS)[i % 4]
+        kind = "circle" if i % 2 else "square"
+        img = Image.new("RGB", (128, 128), (240, 240, 240))
+        box = [10 + 8 * i, 20 + 5 * i, 60 + 8 * i, 70 + 5 * i]
+        (ImageDraw.Draw(img).ellipse if kind == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=COLORS[color])
+        img.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a {color} {kind}")
+        mask = Image.new("L", (128, 128), 0)
+        (ImageDraw.Draw(mask).ellipse if kind == "circle" else ImageDraw.Draw(mask).rectangle)(box, fill=255)
+        mask.save(folder / f"{i}.mask.png")
+        (folder / f"{i}.masks.json").write_text(json.dumps({f"{color} {kind}": f"{i}.mask.png"}))
+    return folder
+
 
 
 @pytest.fixture(scope="session")
 def host() -> Path:
     """The real ComfyUI, imported for the CPU. No host is an error, never a skip."""
-    return host_env.import_host()
+    return lab_host.import_host()
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +78,16 @@ def patching(host):
 
 
 @pytest.fixture(scope="session")
-def nodes_regions(host_nodes):
+def nodes_regions(host):
     from comfyui_maskattn.nodes import nodes_regions
     return nodes_regions
 
 
 @pytest.fixture(scope="session")
 def tiny(host):
-    from comfyui_maskattn.nodes import tiny_sdxl
-    return tiny_sdxl
+    """The demo models' builders (the tiny SDXL's architecture and config)."""
+    from comfyui_maskattn.nodes import demo_models
+    return demo_models
 
 
 @pytest.fixture(scope="session")

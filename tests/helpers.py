@@ -22,3 +22,21 @@ class Recorder:
     def to(self, device):
         self.moved_to.append(device)
         return self
+
+
+class Spy:
+    """Wraps an installed provider (through patching.map_providers): appends (call, what
+    the provider returned) to ``log``, after ``before(call)`` if given; anything else is
+    the provider's own."""
+    def __init__(self, provider, log: list, before=None):
+        self.provider, self.log, self.before = provider, log, before
+
+    def __call__(self, call):
+        if self.before is not None:
+            self.before(call)
+        out = self.provider(call)
+        self.log.append((call, out))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.provider, name)

@@ -1,1 +1,0 @@
-"""Toy data set and its exact evaluator (numpy + PIL; no host, no torch)."""

@@ -1,0 +1,96 @@
+"""The main job: start the real ComfyUI headless with this extension loaded, run every
+shipped workflow on the demo model, and copy the images it saved to an output folder.
+The templates load an SDXL checkpoint at 1024 px; here each runs on the demo model
+instead (on_demo_model: same graph, the demo loader, 1/8 of the size, fewer steps).
+
+    bash scripts/main.sh [--out output] [--workflow NAME ...]
+    bash scripts/main.sh --serve [--port 8188]   # the ComfyUI UI on localhost instead
+
+The host's own log and progress bars stream to this console.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import cli, host
+from .comfy_server import Host, free_port, host_command, saved_images
+from .workflow_api import ui_to_api
+
+log = logging.getLogger(__name__)
+WORKFLOWS = host.REPO / "workflows"
+DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "shapes-sdxl", "seed": 0}}
+DEMO_HEADS = "shapes_sdxl_heads_masksup.safetensors"   # gate heads trained on it with mask supervision: their maps show where words act
+DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
+DEMO_STEPS = 16
+# Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.
+SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width", "height"),
+                  "EmptyImage": ("width", "height"), "MaskComposite": ("x", "y"),
+                  "MaskAttnBindRegion": ("x", "y", "width", "height", "image_width", "image_height")}
+
+
+def on_demo_model(prompt: dict) -> dict:
+    """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
+    (same MODEL, CLIP, VAE outputs), heads become the ones trained for it, sizes shrink
+    by DEMO_SCALE and samplers take DEMO_STEPS steps (the tiny model on a CPU)."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(json.loads(json.dumps(DEMO_MODEL)))
+        elif kind == "MaskAttnLoadHeads":
+            inputs["heads_name"] = DEMO_HEADS
+        elif kind == "KSampler":
+            inputs["steps"] = min(inputs["steps"], DEMO_STEPS)
+        for name in SPATIAL_INPUTS.get(kind, ()):
+            if isinstance(inputs.get(name), int):
+                inputs[name] = max(1, inputs[name] // DEMO_SCALE)
+    return out
+def main(argv=None) -> int:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--out", type=Path, default=host.REPO / "output", help="where the PNGs go")
+    parser.add_argument("--workflow", action="append", help="run only these workflows (file stem)")
+    parser.add_argument("--serve", action="store_true", help="serve the ComfyUI UI on localhost instead")
+    parser.add_argument("--port", type=int, default=None, help="the server's port (default: 8188 with --serve, else a free one)")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+    comfy = host.find_host()
+
+    if args.serve:
+        port = args.port or 8188
+        state = host.REPO / "output" / "server"
+        log.info("ComfyUI with MaskAttn at http://127.0.0.1:%d (Ctrl-C stops it)", port)
+        return subprocess.call(host_command(comfy, port, state), cwd=comfy)
+
+    workflows = sorted(WORKFLOWS.glob("*.json"))
+    if args.workflow:
+        workflows = [w for w in workflows if w.stem in args.workflow]
+    if not workflows:
+        raise SystemExit(f"no workflows to run in {WORKFLOWS} (asked: {args.workflow})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="maskattn-host-") as state:
+        server = Host(comfy, args.port or free_port(), Path(state))
+        try:
+            object_info = server.wait_ready()
+            for path in workflows:
+                log.info("== %s", path.name)
+                started = time.monotonic()
+                entry = server.run(on_demo_model(ui_to_api(json.loads(path.read_text()), object_info)))
+                images = saved_images(entry)
+                if not images:
+                    raise RuntimeError(f"{path.name} saved no image")
+                for subfolder, name in images:
+                    target = args.out / path.stem / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(server.output_dir / subfolder / name, target)
+                    log.info("   wrote %s", target)
+                log.info("   %s: %d image(s) in %.1f s", path.name, len(images), time.monotonic() - started)
+        finally:
+            server.stop()
+    return 0
+

@@ -1,0 +1,143 @@
+"""The lab's commands as a user runs them, each a subprocess of the venv's python:
+the shapes model's trainer (runs, resumes, exports), the evaluation (rows, --rescore,
+kind errors, quality), and the heads trainer under torchrun (2 processes = 1)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from maskattn_lab.comfy_server import free_port
+from maskattn_lab.host import REPO
+
+
+@pytest.fixture(scope="module")
+def saved_random(host, tmp_path_factory):
+    """A shapes model file with random weights: the same code path as the trained one."""
+    from comfyui_maskattn.nodes import demo_models
+    from maskattn_lab import shapes_model
+    config = demo_models.ShapesModelConfig(train={"note": "test"})
+    path = tmp_path_factory.mktemp("shapes") / "shapes_sdxl.safetensors"
+    shapes_model.save(path, config, *demo_models.build_shapes_model(config, seed=3))
+    return path
+
+
+def test_trainer_runs_resumes_and_exports(host, tmp_path):
+    def train(out, *extra, check=True):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "train_shapes_model.py"), "--out", str(out),
+                               "--vae-steps", "2", "--vae-batch", "2", "--batch-size", "2", "--pool", "64",
+                               "--ceiling-scenes", "4", "--norm-scenes", "8", "--warmup", "1", *extra],
+                              check=check, capture_output=True, text=True)
+
+    def live(out):                                     # fp32 weights (the saved file is fp16 EMA)
+        return torch.load(str(out) + ".resume.pt", weights_only=False)
+
+    out = tmp_path / "m.safetensors"
+    train(out, "--steps", "2", "--save-minutes", "0")      # a resume file after every step (183 MB: slow)
+    first = live(out)
+    assert first["step"] == 2 and first["vae_step"] == 2
+    done = train(out, "--steps", "3", "--resume")
+    assert "resuming: vae step 2, diffusion step 2" in done.stderr
+    assert live(out)["step"] == 3
+    from comfyui_maskattn.nodes.demo_models import read_config
+    config = read_config(out)
+    assert config.train["steps"] == 3 and config.train["train_seed_base"] == 10_000_000
+    assert config.train["step_targets"] == [2, 3]          # each continuation restarts the cosine: both kept
+    ceiling = config.train["vae_ceiling"]              # measured once, after the VAE stage
+    assert set(ceiling) == {"precision", "binding"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
+    assert "vae round trip of held-out scenes" in done.stderr
+
+    # the same schedule in one command gives the same weights; straight to 3 steps does not
+    at_once, straight = tmp_path / "at_once.safetensors", tmp_path / "straight.safetensors"
+    train(at_once, "--steps", "2,3")
+    train(straight, "--steps", "3")
+    assert read_config(at_once).train["step_targets"] == [2, 3]
+    continued, one_run, other = live(out)["unet"], live(at_once)["unet"], live(straight)["unet"]
+    assert all(torch.equal(continued[k], one_run[k]) for k in continued)
+    assert not all(torch.equal(continued[k], other[k]) for k in continued)
+    bad = train(out, "--steps", "3,2", check=False)
+    assert bad.returncode != 0 and "must be positive and rising" in bad.stderr
+
+
+def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
+    """The evaluation runs rows through the nodes and the host's sampler and writes
+    per-set records, the table with intervals, the grid and the quality rates; every
+    image is kept, and --rescore scores the kept images again."""
+    import json
+    results, images = tmp_path / "eval", tmp_path / "images"
+    command = [sys.executable, str(REPO / "scripts" / "evaluate_shapes.py"), "--model", str(saved_random),
+               "--results", str(results), "--images", str(images), "--sets", "2", "--steps", "3"]
+    rows = ["rendered scene through the VAE", "none", "swapping", "guidance a=0.08", "paint-with-words w'=0.3"]
+    done = subprocess.run([*command, "--rows", ";".join(rows)], check=True, capture_output=True, text=True)
+    assert "| guidance a=0.08 | 2 |" in done.stdout
+    for row in ("rendered_scene_through_the_VAE", "none", "swapping", "guidance_a=0.08", "paint-with-words_w_=0.3"):
+        records = [json.loads(line) for line in (results / f"{row}.jsonl").read_text().splitlines()]
+        assert len(records) == 2 and all(0.0 <= r["miou"] <= 1.0 for r in records)
+        assert sorted(p.stem for p in (images / row).glob("*.png")) == sorted(str(r["seed"]) for r in records)
+    assert (tmp_path / "shapes_eval.md").read_text().count("\n| ") == 6
+    assert (tmp_path / "shapes_eval_grid.png").is_file()
+
+    path = results / "none.jsonl"
+    scored = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "binding": -1.0, "miou": -1.0}) + "\n" for r in scored))
+    subprocess.run([*command, "--rows", "none", "--rescore"], check=True, capture_output=True, text=True)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == scored
+    (images / "none" / f"{scored[0]['seed']}.png").unlink()
+    missing = subprocess.run([*command, "--rows", "none", "--rescore"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "none" in missing.stderr and "is missing" in missing.stderr
+
+    from maskattn_lab import shapes
+    kinds = subprocess.run([sys.executable, str(REPO / "scripts" / "kind_errors.py"), "--rows", "swapping",
+                            "--results", str(results), "--images", str(images)], check=True, capture_output=True,
+                           text=True)
+    named = sum(len(scene.shapes) for _, scene in shapes.held_out(2, (2, 4)))
+    row = next(line for line in kinds.stdout.splitlines() if line.startswith("| swapping |")).split(" | ")
+    assert int(row[1]) == named and abs(sum(map(float, row[2:6])) - 1.0) < 0.01     # every named object, once
+    assert "A wrong kind picked at random would be another object's in " in kinds.stdout
+
+    quality = subprocess.run([*command, "--quality", "2"], check=True, capture_output=True, text=True)
+    assert "1-object prompts, named colour with the named kind:" in quality.stdout
+    assert "(rendered scenes through the VAE: " in quality.stdout
+    assert (tmp_path / "shapes_quality.md").read_text().startswith(f"model: {saved_random.name}, untrained\n")
+
+
+def test_torchrun_two_processes_match_one(host, pairs_dir, tmp_path):
+    from comfyui_maskattn.maskattn_ops.heads import load_heads
+    common = ["--demo-model", "tiny", "--pairs", str(pairs_dir), "--resolution", "128", "--eval-pairs", "0",
+              "--steps", "2"]
+    one_path, two_path = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    single = subprocess.run([sys.executable, str(REPO / "scripts" / "train_heads.py"), *common, "--out", str(one_path),
+                             "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-4000:]
+    one = load_heads(one_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(REPO / "scripts" / "train_heads.py"), "--demo-model", "tiny", "--pairs", str(pairs_dir),
+         "--out", str(two_path), "--resolution", "128", "--eval-pairs", "0", "--steps", "2", "--batch-size", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    two = load_heads(two_path)
+    assert two.training_summary["global_batch"] == one.training_summary["global_batch"] == 2
+    # Batched vs per-process forward passes round differently. AdamW divides each
+    # element's gradient by its own magnitude, so an element whose gradient is ~0 can move
+    # by up to lr per step either way on rounding alone: all but a handful of elements
+    # must agree to 5e-5, and none may differ by more than two full steps (2 x 2 x lr).
+    moved, total, off = 0.0, 0, 0
+    fresh = _fresh_heads_like(one)
+    for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items()):
+        diff = (a - b).abs()
+        assert diff.max() <= 4e-3, name
+        off += int((diff > 5e-5 + 1e-4 * a.abs()).sum())
+        total += a.numel()
+        moved = max(moved, float((a - fresh[name]).abs().max()))
+    assert off <= total * 1e-3, (off, total)
+    assert moved > 1e-3     # training moved the heads far more than the tolerance
+
+
+def _fresh_heads_like(heads):
+    """The heads the trainer starts from (it seeds torch with --seed 0 first)."""
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet
+    torch.manual_seed(0)
+    return HeadSet(heads.site_shapes(), context_dim=heads.context_dim, embed_dim=heads.embed_dim).state_dict()

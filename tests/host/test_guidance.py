@@ -1,0 +1,245 @@
+"""Masked-attention guidance (Endo Sec. 3.2) through the host's real samplers."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+from comfyui_maskattn.maskattn_ops.attention import attention_logits
+from comfyui_maskattn.maskattn_ops.guidance import ENDO_TERMS
+from comfyui_maskattn.maskattn_ops.regions import mask_to_grid
+
+PROMPT = "a red circle and a blue square"
+WORDS = [2, 3]          # "red circle"
+
+
+@pytest.fixture(scope="module")
+def k_diffusion_sampling(host):
+    import comfy.k_diffusion.sampling
+    return comfy.k_diffusion.sampling
+
+
+@pytest.fixture(scope="module")
+def region_prompt(nodes_regions, tiny_models):
+    with torch.inference_mode():
+        return nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], PROMPT).args
+
+
+def left_half(h=128, w=128):
+    mask = torch.zeros(1, h, w)
+    mask[:, :, : w // 2] = 1
+    return mask
+
+
+@pytest.fixture(scope="module")
+def regions(nodes_regions, region_prompt):
+    _, prompt = region_prompt
+    return nodes_regions.MaskAttnBindRegion.execute(prompt, "red circle", 1.0, 0, 0, 0, 0, 128, 128,
+                                                    mask=left_half()).args[0]
+
+
+def guide(nodes_regions, model, regions, alpha=0.08, lam=0.5, start=0.0, end=0.3, sites="all"):
+    return nodes_regions.MaskAttnRegionGuidance.execute(model, regions, "guidance", alpha, lam, 0.3, start, end, sites).args[0]
+
+
+class Capture:
+    """Test-side recorder of (site, q, k) at every site while ``on``; changes nothing."""
+    def __init__(self):
+        self.on, self.calls = False, []
+
+    def __call__(self, call):
+        if self.on:
+            self.calls.append(call)
+        return None
+
+
+def endo_loss_written_out(calls, lam=0.5):
+    """Eq. 2 over the recorded sites, cond rows, every head: raw sums, then rescaled to
+    Endo's term count as the extension documents."""
+    raw, terms = 0.0, 0
+    mask = left_half()
+    for call in calls:
+        cond = ~call.is_uncond()
+        probs = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)   # (B, heads, N, T)
+        inside = mask_to_grid(mask, call.grid)[0]                                            # (N,)
+        for w in WORDS:
+            m = probs[..., w]                                                                # (B, heads, N)
+            raw = raw + (-(m * inside).sum() + lam * (m * (1 - inside)).sum())
+        terms += call.site.heads * probs.shape[-2]
+    return raw * ENDO_TERMS / terms
+
+
+@pytest.mark.parametrize("sites", ["all", "encoder"])
+def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt, regions, encode,
+                                             sites):
+    """Reference: ComfyUI's model, DDIM (= euler without a mask), 10 steps, guided while
+    sigma is in the window; the loop below applies Eq. 3 to z = x / sqrt(1 + sigma^2)
+    plainly, its guidance forward running the whole UNet. The node, through the real
+    sampler, must give the same final latent (with "encoder", from a pass it ends after
+    the input blocks)."""
+    import comfy.sample
+    import comfy.samplers
+    positive, _ = region_prompt
+    negative = encode("")
+    steps, cfg, alpha, seed = 10, 5.0, 0.08, 0
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, seed)
+
+    with torch.inference_mode():
+        guided = guide(nodes_regions, tiny_models[0], regions, alpha=alpha, end=0.3, sites=sites)
+        sampler = comfy.samplers.sampler_object("ddim")
+        sigmas = comfy.samplers.calculate_sigmas(tiny_models[0].get_model_object("model_sampling"), "normal", steps)
+        node_out = comfy.sample.sample_custom(guided, noise, cfg, sampler, sigmas, positive, negative, latent, seed=seed)
+
+    # the reference runs on a twin model built outside inference mode: plain autograd
+    twin = tiny.build_model(seed=0)
+    twin.model.requires_grad_(False)                     # frozen, as a sampled model is
+    capture = Capture()
+    twin = patching.install_bias(twin, capture, sites)
+    window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(0.3)
+
+    def endo_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for i in range(len(sigmas) - 1):
+            s = sigmas[i]
+            if float(s) >= window_sigma:
+                x_leaf = x.detach().clone().requires_grad_(True)
+                capture.on, capture.calls = True, []
+                with torch.enable_grad():
+                    model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
+                    capture.on = False
+                    (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
+                # Eq. 3 on z = x / sqrt(1 + s^2):  z <- z - alpha dL/dz  <=>  x <- x - alpha (1 + s^2) dL/dx
+                x = x - alpha * (1 + s ** 2) * grad
+            denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
+            x = x + (x - denoised) / s * (sigmas[i + 1] - s)          # euler
+        return x
+
+    reference = comfy.samplers.KSAMPLER(endo_ddim)
+    ref_out = comfy.sample.sample_custom(twin, noise, cfg, reference, sigmas, positive, negative, latent, seed=seed)
+    unguided = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.sampler_object("ddim"), sigmas,
+                                          positive, negative, latent, seed=seed)
+    assert (ref_out - unguided).abs().max() > 1e-2          # the guidance did something
+    assert_close(node_out, ref_out, rtol=1e-3, atol=1e-3 * ref_out.abs().max().item())
+
+
+def words_mass_inside(patching, model, sample, steps=6, at_percent=0.5):
+    """Fraction of the bound words' cond attention that lies inside the region, over all
+    sites, at the first step after ``at_percent`` of sampling."""
+    probe = Capture()
+    probe.on = True
+    sample(patching.install_bias(model, probe, "all"), steps=steps)
+    threshold = model.get_model_object("model_sampling").percent_to_sigma(at_percent)
+    after = [c for c in probe.calls if float(c.sigmas.max()) < threshold]
+    first = max(float(c.sigmas.max()) for c in after)
+    inside_mass = total = 0.0
+    for call in (c for c in after if float(c.sigmas.max()) == first):
+        cond = ~call.is_uncond()
+        words = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)[..., WORDS].sum(-1).mean(1)
+        inside = mask_to_grid(left_half(), call.grid)[0]
+        inside_mass += float((words * inside).sum())
+        total += float(words.sum())
+    return inside_mass / total
+
+
+def test_guidance_raises_the_words_mass_inside_after_the_window(nodes_regions, patching, tiny_models, regions, sample):
+    model = tiny_models[0]
+    base = words_mass_inside(patching, model, sample)
+    weak = words_mass_inside(patching, guide(nodes_regions, model, regions, alpha=0.08, end=0.5), sample)
+    strong = words_mass_inside(patching, guide(nodes_regions, model, regions, alpha=0.32, end=0.5), sample)
+    assert base < weak < strong, (base, weak, strong)
+
+
+@pytest.mark.parametrize("sites, blocks", [("encoder", {"input"}), ("all", {"input", "middle", "output"})])
+def test_guidance_pass_runs_only_up_to_the_last_guided_site(nodes_regions, patching, tiny_models, regions, sample,
+                                                           sites, blocks):
+    """The cost of guidance is its pass: "encoder" must end it after the input blocks."""
+    reached = set()
+
+    def probe(call):        # a bias provider that only records which blocks the pass reached
+        if call.run is not None and call.run.guidance_pass is not None:
+            reached.add(call.site.key[0])
+        return None
+
+    sample(patching.install_bias(guide(nodes_regions, tiny_models[0], regions, sites=sites), probe, "all"), steps=3)
+    assert reached == blocks
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "heun", "ddim", "lcm"])
+def test_supported_samplers_run_guided(nodes_regions, tiny_models, regions, sample, sampler):
+    out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), sampler=sampler, steps=4)
+    assert torch.isfinite(out).all()
+    assert (out - sample(tiny_models[0], sampler=sampler, steps=4)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["uni_pc", "uni_pc_bh2", "dpm_fast", "dpm_adaptive", "sa_solver"])
+def test_unsupported_samplers_are_refused_clearly(nodes_regions, tiny_models, regions, sample, sampler,
+                                                  k_diffusion_sampling):
+    with pytest.raises(ValueError, match=r"sampler '\w+' cannot be guided"):
+        sample(guide(nodes_regions, tiny_models[0], regions), sampler=sampler, steps=3)
+    assert k_diffusion_sampling.trange.__name__ == "trange"
+
+
+def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, regions, sample):
+    model = guide(nodes_regions, tiny_models[0], regions, start=1.0, end=1.0)
+    assert torch.equal(sample(model), sample(tiny_models[0]))
+
+
+def test_host_name_restored_after_a_run_and_after_an_interrupt(nodes_regions, patching, tiny_models, regions, sample,
+                                                               k_diffusion_sampling):
+    original = k_diffusion_sampling.trange
+    guided = guide(nodes_regions, tiny_models[0], regions, end=0.5)
+    sample(guided, steps=3)
+    assert k_diffusion_sampling.trange is original
+
+    class Interrupt:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, call):
+            self.calls += 1
+            if self.calls == 40:
+                raise KeyboardInterrupt("user pressed cancel")
+            return None
+
+    with pytest.raises(KeyboardInterrupt):
+        sample(patching.install_bias(guided, Interrupt(), "all"), steps=3)
+    assert k_diffusion_sampling.trange is original
+
+
+def test_guidance_with_a_denoise_mask(nodes_regions, tiny_models, regions, encode):
+    """Inpainting (SetLatentNoiseMask): the guided run stays inside the mask."""
+    import nodes
+    positive = encode(PROMPT)
+    latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)),
+              "noise_mask": left_half(16, 16)}
+    with torch.inference_mode():
+        guided = nodes.common_ksampler(guide(nodes_regions, tiny_models[0], regions, end=0.5), 0, 4, 5.0, "euler",
+                                       "normal", positive, encode(""), latent)[0]["samples"]
+        plain = nodes.common_ksampler(tiny_models[0], 0, 4, 5.0, "euler", "normal", positive, encode(""), latent)[0]["samples"]
+    outside = left_half(16, 16)[0] == 0
+    assert torch.isfinite(guided).all()
+    assert torch.equal(guided[..., outside], plain[..., outside])        # kept image: same bits as unguided
+    assert_close(guided[..., outside], latent["samples"][..., outside])    # (up to the latent format's rounding)
+    assert (guided - plain)[..., ~outside].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fill", ["zero", "one", "half"])
+def test_mask_fills_in_the_output(nodes_regions, tiny_models, region_prompt, sample, fill):
+    """All-zero (built directly: Bind refuses empty masks), all-one and half masks: the
+    guided run finishes finite and differs from the unguided one."""
+    from comfyui_maskattn.maskattn_ops.regions import Region
+    _, prompt = region_prompt
+    mask = {"zero": torch.zeros(1, 32, 32), "one": torch.ones(1, 32, 32), "half": left_half(32, 32)}[fill]
+    region = Region(mask, tuple(prompt.positions("red circle")), prompt.context_tokens, "red circle")
+    out = sample(guide(nodes_regions, tiny_models[0], (region,), end=0.5), steps=3)
+    assert torch.isfinite(out).all()
+    assert (out - sample(tiny_models[0], steps=3)).abs().max() > 1e-3
+
+
+def test_long_prompt_words_in_the_second_chunk(nodes_regions, tiny_models, sample):
+    prompt_text = " ".join(["a small grey pebble"] * 25) + " and a red circle"
+    with torch.inference_mode():
+        positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], prompt_text).args
+    regions = nodes_regions.MaskAttnBindRegion.execute(prompt, "red circle", 1.0, 0, 0, 64, 128, 128, 128).args[0]
+    assert min(regions[0].positions) > 77 and regions[0].prompt_tokens == 154
+    out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), prompt=prompt_text, steps=3)
+    assert torch.isfinite(out).all()
+    assert (out - sample(tiny_models[0], prompt=prompt_text, steps=3)).abs().max() > 1e-3

@@ -1,0 +1,64 @@
+"""The extension loads in the real host from custom_nodes/, through its V3 entrypoint."""
+import logging
+import os
+
+from maskattn_lab.host import REPO
+
+OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention",
+                "MaskAttnEncodeRegionPrompt", "MaskAttnBindRegion", "MaskAttnRegionGuidance",
+                "MaskAttnVisualizeGates"}
+# Core nodes + comfy_extras of the pinned host (a125cd84) without API nodes; fewer
+# means a host module failed to import (e.g. the `utils` shadowing trap).
+CORE_NODE_COUNT = 382
+
+
+def our_records(records):
+    return [r for r in records if "maskattn" in r.getMessage().lower()]
+
+
+def test_host_registers_our_nodes_from_custom_nodes(host_nodes):
+    nodes, records = host_nodes
+    assert OUR_NODE_IDS <= set(nodes.NODE_CLASS_MAPPINGS)
+    ours = [d for d in nodes.LOADED_MODULE_DIRS.values() if os.path.realpath(d) == str(REPO)]
+    assert ours, f"the host did not load {REPO} from custom_nodes/: {nodes.LOADED_MODULE_DIRS}"
+    for node_id in OUR_NODE_IDS:
+        assert ".nodes.nodes_" in nodes.NODE_CLASS_MAPPINGS[node_id].__module__
+
+
+def test_host_logged_no_import_failure(host_nodes):
+    _, records = host_nodes
+    failures = [r.getMessage() for r in records
+                if r.levelno >= logging.WARNING and ("Cannot import" in r.getMessage() or "IMPORT FAILED" in r.getMessage())]
+    assert not failures, failures
+    assert not [r for r in our_records(records) if r.levelno >= logging.WARNING]
+
+
+def test_core_nodes_all_imported(host_nodes):
+    nodes, _ = host_nodes
+    core = [k for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k not in OUR_NODE_IDS and
+            not getattr(v, "RELATIVE_PYTHON_MODULE", "").startswith("custom_nodes.")]
+    assert len(core) >= CORE_NODE_COUNT, len(core)
+
+
+def test_heads_folder_keeps_user_paths_and_lists_safetensors_only(host_nodes, tmp_path):
+    """models/maskattn is added beside paths that extra_model_paths.yaml gave, and the
+    folder lists only .safetensors (a new folder name would otherwise list every file)."""
+    import folder_paths
+    from comfyui_maskattn.nodes.model_folders import HEADS_FOLDER, register_heads_folder
+    saved = folder_paths.folder_names_and_paths.pop(HEADS_FOLDER, None)
+    try:
+        user = tmp_path / "user_heads"
+        user.mkdir()
+        (user / "mine.safetensors").write_bytes(b"")
+        (user / "notes.txt").write_text("not heads")
+        folder_paths.add_model_folder_path(HEADS_FOLDER, str(user))     # what extra_model_paths.yaml does
+        register_heads_folder()
+        paths = folder_paths.get_folder_paths(HEADS_FOLDER)
+        assert paths[0] == str(user) and paths[1].endswith("models/maskattn")
+        assert folder_paths.get_filename_list(HEADS_FOLDER) == ["mine.safetensors"]
+        register_heads_folder()                                         # idempotent
+        assert folder_paths.get_folder_paths(HEADS_FOLDER) == paths
+    finally:
+        folder_paths.folder_names_and_paths.pop(HEADS_FOLDER, None)
+        if saved is not None:
+            folder_paths.folder_names_and_paths[HEADS_FOLDER] = saved

@@ -1,0 +1,255 @@
+"""maskattn_ops gates and heads: STE, start token, fresh heads, the file format."""
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from comfyui_maskattn.maskattn_ops.attention import NEG, SUPPRESSED, biased_attention, reference_attention
+from comfyui_maskattn.maskattn_ops.gate_head import GateHead, gate_bias, gated_probs, start_tokens, straight_through
+from comfyui_maskattn.maskattn_ops.gate_providers import GateBias, self_attention_bias
+from comfyui_maskattn.maskattn_ops.heads import HeadSet, HeadsFileError, load_heads, save_heads
+from comfyui_maskattn.maskattn_ops.sites import Site, SiteCall
+from maskattn_lab.mask_supervision import balanced_weights, mask_supervision_loss
+
+SITES = [Site(("input", 4, 0), 2, 64, 4, 16, 64), Site(("output", 3, 1), 2, 64, 4, 16, 64)]
+
+
+def test_ste_forward_is_hard_and_backward_is_sigmoid_gradient():
+    logits = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    probs = torch.sigmoid(logits)
+    gate = straight_through(probs, 0.5)
+    assert torch.equal(gate.detach(), (probs >= 0.5).double())
+    weights = torch.randn_like(gate)
+    (gate * weights).sum().backward()
+    assert_close(logits.grad, weights * probs.detach() * (1 - probs.detach()))
+    # gradcheck-style: the STE's analytical gradient equals the NUMERICAL gradient of its
+    # soft part (the sigmoid), by central differences (the hard part's is 0 almost everywhere)
+    x = logits.detach().requires_grad_()
+    (ste_grad,) = torch.autograd.grad(straight_through(torch.sigmoid(x), 0.5).sum(), x)
+    eps = 1e-6
+    numerical = (torch.sigmoid(x.detach() + eps) - torch.sigmoid(x.detach() - eps)) / (2 * eps)
+    assert_close(ste_grad, numerical, atol=1e-8, rtol=1e-6)
+
+
+def test_threshold_moves_the_cut():
+    probs = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    assert straight_through(probs, 0.5).tolist() == [0, 0, 1, 1]
+    assert straight_through(probs, 0.7).tolist() == [0, 0, 0, 1]
+
+
+def test_start_tokens_per_chunk():
+    assert start_tokens(77).nonzero().flatten().tolist() == [0]
+    assert start_tokens(154).nonzero().flatten().tolist() == [0, 77]
+    assert start_tokens(10).nonzero().flatten().tolist() == [0]
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_start_token_never_suppressed_and_rows_never_empty(mode):
+    logits = torch.full((2, 154, 3, 5), -20.0)          # the head wants to suppress everything
+    bias, gate = gate_bias(logits, 0.5, mode)
+    assert bias.shape == (2, 1, 15, 154)
+    assert (bias[..., 0] == 0).all() and (bias[..., 77] == 0).all()
+    assert (bias > SUPPRESSED).any(-1).all()             # every location keeps some token
+    assert (gate[:, 0] == 1).all()
+    q, k, v = torch.randn(2, 15, 32), torch.randn(2, 154, 32), torch.randn(2, 154, 32)
+    assert torch.isfinite(biased_attention(q, k, v, 2, bias)).all()
+
+
+def test_hard_bias_is_exactly_zero_or_neg():
+    bias, gate = gate_bias(torch.randn(1, 77, 4, 4) * 3, 0.5, "hard")
+    assert set(bias.unique().tolist()) <= {0.0, NEG}
+    assert set(gate.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_soft_bias_is_log_probability():
+    logits = torch.randn(1, 77, 2, 2)
+    bias, gate = gate_bias(logits, 0.5, "soft")
+    expected = torch.nn.functional.logsigmoid(logits)
+    expected[:, 0] = 0
+    assert_close(bias[0, 0], expected[0].flatten(1).T)
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_gated_probs_equal_the_biased_softmax(mode):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 12, 32), torch.randn(2, 77, 32), torch.randn(2, 77, 32)
+    bias, gate = gate_bias(torch.randn(2, 77, 3, 4) * 2, 0.5, mode)
+    assert (gate[:, 1:] == 0).any() or mode == "soft"
+    biased_out, biased_probs = reference_attention(q, k, v, 2, bias)
+    product_out, product_probs = reference_attention(q, k, v, 2, edit=lambda p: gated_probs(p, gate))
+    assert_close(product_probs, biased_probs, atol=1e-6, rtol=1e-5)
+    assert_close(product_out, biased_out, atol=1e-5, rtol=1e-5)
+    assert_close(biased_attention(q, k, v, 2, bias), biased_out, atol=1e-5, rtol=1e-4)
+
+
+def test_suppressed_locations_get_a_gradient_through_the_product_only():
+    """Why training applies gates as a product: through the bias a switched-off gate has
+    gradient 0 (it can never come back) and a kept one is scaled by |NEG|."""
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 6, 32), torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    target = torch.randn(1, 6, 32)
+    logits = torch.randn(1, 77, 2, 3).requires_grad_()
+
+    def gate_gradient(through_product: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        bias, gate = gate_bias(logits, 0.5, "hard")
+        if through_product:
+            out, _ = reference_attention(q, k, v, 2, edit=lambda p: gated_probs(p, gate))
+        else:
+            out, _ = reference_attention(q, k, v, 2, bias)
+        (grad,) = torch.autograd.grad((out - target).pow(2).sum(), logits)
+        return grad, gate.detach()
+
+    product_grad, gate = gate_gradient(True)
+    bias_grad, _ = gate_gradient(False)
+    off, on = (gate == 0), (gate == 1)
+    on[:, 0] = False                                     # start tokens are forced on: no gradient
+    assert off.any() and on.any()
+    assert (bias_grad[off] == 0).all()
+    assert (product_grad[off] != 0).float().mean() > 0.9
+    # at kept gates both say dL/dlogit_t, the bias path times |NEG| = 1e4
+    assert_close(bias_grad[on], -NEG * product_grad[on], rtol=1e-3, atol=1e-6)
+
+
+def test_mask_supervision_weighs_inside_and_outside_equally():
+    """A phrase on 4 of 64 cells: switching it off everywhere is as wrong as keeping it
+    everywhere (a plain mean would call "off everywhere" nearly right)."""
+    mask = torch.zeros(32, 32)
+    mask[:8, :8] = 1                                         # 4 of the 8x8 grid's cells
+    weights = balanced_weights(torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (8, 8))[0, 0])
+    assert_close(weights.sum(), torch.tensor(1.0))
+    assert_close(weights[:2, :2].sum(), torch.tensor(0.5))
+    assert_close(balanced_weights(torch.zeros(8, 8)).sum(), torch.tensor(1.0))
+    targets = [[([1, 2], mask)]]
+    loss = lambda value: mask_supervision_loss([torch.full((1, 77, 8, 8), value)], targets)  # noqa: E731
+    assert_close(loss(-5.0), loss(5.0))
+    exact = torch.full((1, 77, 8, 8), -5.0)
+    exact[:, :, :2, :2] = 5.0
+    assert mask_supervision_loss([exact], targets) < 0.01 < loss(-5.0)
+
+
+def test_fresh_head_keeps_everything():
+    head = GateHead(channels=64, key_dim=64)
+    logits = head(torch.randn(2, 12, 64), torch.randn(2, 77, 64), (3, 4))
+    assert logits.shape == (2, 77, 3, 4)
+    assert torch.equal(logits, torch.full_like(logits, 1.0))
+    bias, _ = gate_bias(logits)
+    assert (bias == 0).all()
+
+
+def test_head_gradients_reach_every_parameter_after_one_step():
+    head = GateHead(channels=64, key_dim=64)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        logits = head(torch.randn(2, 12, 64), torch.randn(2, 77, 64), (3, 4))
+        bias, gate = gate_bias(logits)
+        gate.mean().backward()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def trained_like(heads: HeadSet) -> HeadSet:
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(torch.randn_like(p))
+    return heads
+
+
+def test_sampling_gates_are_constants_and_training_gates_reach_the_heads():
+    """Sampling: guidance backpropagates to the latent through every site, and a binary
+    gate must not pass it a straight-through derivative. Training: gradients reach the heads."""
+    heads = trained_like(HeadSet.for_sites(SITES[:1]))
+    q = torch.randn(2, 12, 64, requires_grad=True)
+    call = SiteCall(site=SITES[0], grid=(3, 4), batch=2, tokens=77, cond_or_uncond=(0,),
+                    sigmas=torch.ones(2), q=q, k=torch.randn(2, 77, 64))
+    sampling = GateBias(heads)
+    bias = sampling(call)
+    assert bias is not None and not bias.requires_grad and sampling.probs_edit(call) is None
+    training = GateBias(heads, differentiable=True)
+    assert training(call) is None
+    probs = torch.softmax(torch.randn(2, 1, 12, 77), dim=-1)
+    gated = training.probs_edit(call)(probs)
+    assert_close(gated, torch.softmax(probs.log() + bias, dim=-1), atol=1e-6, rtol=1e-5)
+    gated.pow(2).sum().backward()
+    assert all(p.grad is not None for p in heads.parameters()) and q.grad is not None
+
+
+def test_save_load_round_trip_is_bit_equal(tmp_path):
+    heads = trained_like(HeadSet.for_sites(SITES, threshold=0.5, training={"steps": 10}))
+    path = tmp_path / "h.safetensors"
+    save_heads(heads, path)
+    loaded = load_heads(path)
+    assert loaded.site_names == heads.site_names == ["input.4.0", "output.3.1"]
+    assert loaded.training_summary == {"steps": 10} and loaded.context_dim == 64
+    for (name, a), (_, b) in zip(heads.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        assert "input.4.0.features.0.weight" in f.keys()
+        meta = f.metadata()
+    assert meta["format"] == "maskattn-heads" and json.loads(meta["sites"]) == ["input.4.0", "output.3.1"]
+    assert json.loads(meta["channels"]) == {"input.4.0": 64, "output.3.1": 64}
+
+
+def test_bad_files_are_named(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_heads(HeadSet.for_sites(SITES), good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a tensor file at all" * 10)
+    pickled = tmp_path / "heads.pt"
+    torch.save(HeadSet.for_sites(SITES).state_dict(), pickled)
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "lora"})
+    cases = {truncated: "not a readable safetensors file", garbage: "not a readable safetensors file",
+             pickled: "pickle", other: "not MaskAttn heads", tmp_path / "absent.safetensors": "no such file"}
+    for path, cause in cases.items():
+        with pytest.raises(HeadsFileError, match=cause) as err:
+            load_heads(path)
+        assert str(path) in str(err.value)
+
+
+def test_heads_for_another_model_are_refused_naming_both():
+    heads = HeadSet.for_sites(SITES)
+    wider = [Site(s.key, 2, 128, 8, 16, 64) for s in SITES]
+    with pytest.raises(HeadsFileError, match=r"query width 64 .* has 128"):
+        heads.check_fits(wider)
+    with pytest.raises(HeadsFileError, match=r"sites \['output.3.1'\] that the model does not have"):
+        heads.check_fits(SITES[:1])
+    other_text = [Site(s.key, 2, 64, 4, 16, 2048) for s in SITES]
+    with pytest.raises(HeadsFileError, match=r"text width 64; the model has 2048"):
+        heads.check_fits(other_text)
+    heads.check_fits(SITES)
+
+
+def test_self_attention_bias_separates_object_regions():
+    active = torch.ones(1, 77, 4, 4, dtype=torch.bool)       # every token everywhere ...
+    active[:, 2] = False
+    active[:, 2, :, :2] = True                                # ... but token 2: left half
+    active[:, 3] = False
+    active[:, 3, :2, 2:] = True                               # token 3: top-right quadrant
+    bias = self_attention_bias(active)[0, 0]                  # (N, N), N = 16, row-major h x w
+    left = torch.tensor([c < 2 for r in range(4) for c in range(4)])
+    top_right = torch.tensor([r < 2 and c >= 2 for r in range(4) for c in range(4)])
+    unclaimed = ~left & ~top_right                            # bottom-right quadrant
+    allowed = bias == 0
+    for p in range(16):
+        expected = unclaimed.clone()
+        if left[p]:
+            expected |= left
+        if top_right[p]:
+            expected |= top_right
+        assert torch.equal(allowed[p], expected), p
+    assert allowed.any(-1).all()
+
+
+def test_self_attention_bias_is_open_when_no_token_is_selective():
+    everywhere = torch.ones(2, 154, 3, 5, dtype=torch.bool)
+    assert (self_attention_bias(everywhere) == 0).all()
+    nowhere = torch.zeros(2, 154, 3, 5, dtype=torch.bool)
+    assert (self_attention_bias(nowhere) == 0).all()
