@@ -141,3 +141,16 @@ def _fresh_heads_like(heads):
     from comfyui_maskattn.maskattn_ops.heads import HeadSet
     torch.manual_seed(0)
     return HeadSet(heads.site_shapes(), context_dim=heads.context_dim, embed_dim=heads.embed_dim).state_dict()
+
+
+def test_every_command_line_parses_and_shows_its_defaults():
+    """Each thin CLI imports its lab module and answers --help, every option's default shown."""
+    commands = {"scripts": ["train_heads", "inspect_heads", "evaluate_shapes", "kind_errors", "train_shapes_model",
+                            "run_workflows", "make_shapes_pairs"], "benchmarks": ["bench_sdxl"]}
+    runs = {name: subprocess.Popen([sys.executable, str(REPO / folder / f"{name}.py"), "--help"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for folder, names in commands.items() for name in names}
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, (name, err[-2000:])
+        assert "usage:" in out and "(default:" in out, (name, out)

@@ -243,3 +243,12 @@ def test_long_prompt_words_in_the_second_chunk(nodes_regions, tiny_models, sampl
     out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), prompt=prompt_text, steps=3)
     assert torch.isfinite(out).all()
     assert (out - sample(tiny_models[0], prompt=prompt_text, steps=3)).abs().max() > 1e-3
+
+
+def test_guided_steps_are_counted_and_logged(nodes_regions, tiny_models, regions, sample, caplog):
+    """The run says how many of its steps it guided: the first 30% of 10 (normal schedule)."""
+    import logging
+    with caplog.at_level(logging.INFO, logger="comfyui_maskattn.nodes.patching"):
+        sample(guide(nodes_regions, tiny_models[0], regions, end=0.3), steps=10)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Region Mask Guidance: guided")]
+    assert said == ["Region Mask Guidance: guided 3 of 10 steps"]
