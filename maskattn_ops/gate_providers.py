@@ -3,7 +3,8 @@ gated site: the cross-attention gate (MaskAttn-SDXL, arXiv 2509.15357, Sec. 2.2)
 optional self-attention gate (the paper's open question, our design)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,6 +14,9 @@ from .attention import suppress
 from .gate_head import gate_bias, gated_probs, start_tokens
 from .heads import HeadSet
 from .run_state import GateRecord
+
+# What a site can compute in; fp8 (storage only) weights compute in their manual-cast dtype.
+COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 from .sites import SiteCall
 
 
@@ -32,8 +36,17 @@ class GateBias:
     Training (on): the gate is applied as a renormalized product on the probabilities
     (``gated_probs``), which gives the same forward values and gradients that reach
     suppressed locations too.
+
+    Precision: ``heads`` are the master weights, shared by every clone and by every model
+    the same HEADS went to, and never converted by the host (``to`` ignores dtypes). A
+    sampling call computes in its own compute dtype (that of q: the model's, or its
+    manual-cast dtype for fp8 weights) with a cast copy of the heads, made once per
+    (device, dtype) and remade when the master weights change; so a bf16 model and an
+    fp32 model sharing heads each get what they would get alone. Training computes with
+    the master weights themselves, so that gradients reach them.
     """
-    heads: HeadSet           # shared by every clone; moved in place by to()
+    heads: HeadSet           # master weights, shared by every clone; never converted
+
     threshold: float = 0.5
     mode: str = "hard"
     sigma_start: float = float("inf")
@@ -42,6 +55,8 @@ class GateBias:
     # Keep each site's latest hard gate in the run state, for SelfAttentionGate.
     share_gates: bool = False
     differentiable: bool = False
+    # (device, dtype) -> (the master's parameter versions when copied, the cast copy)
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def active(self, sigmas: torch.Tensor) -> bool:
         sigma = float(sigmas.max())
@@ -51,8 +66,8 @@ class GateBias:
         """-> (bias (B, 1, N, T), gate (B, T, h, w)) for this call, or None outside the window."""
         if not self.active(call.sigmas):
             return None
-        head = self.heads.head(call.site.name)
-        dtype = head.bias.dtype
+        dtype = call.q.dtype if call.q.dtype in COMPUTE_DTYPES else torch.float32
+        head = self.heads_for(call.q.device, dtype).head(call.site.name)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             logits = head(call.q.to(dtype), call.k.to(dtype), call.grid)      # (B, T, h, w)
             if call.run is not None and call.run.captures is not None:
@@ -83,12 +98,28 @@ class GateBias:
         gate = gated[1]
         return lambda probs: gated_probs(probs, gate)
 
+    def heads_for(self, device: torch.device, dtype: torch.dtype) -> HeadSet:
+        """The heads to compute with on ``device`` in ``dtype``: the master weights when
+        training, or when they already are there in that dtype; else the cast copy."""
+        master = next(self.heads.parameters())
+        if self.differentiable or (master.device == device and master.dtype == dtype):
+            return self.heads
+        # Inference tensors (heads a loader node made) keep no version: nothing trains them.
+        versions = tuple(0 if p.is_inference() else p._version for p in self.heads.parameters())
+        cached = self._copies.get((device, dtype))
+        if cached is None or cached[0] != versions:
+            with torch.no_grad():
+                cast = copy.deepcopy(self.heads).to(device=device, dtype=dtype)
+            self._copies[(device, dtype)] = cached = (versions, cast)
+        return cached[1]
+
     def to(self, device_or_dtype):
-        """The host calls this with the load/offload device and with the model's dtype."""
-        param = next(self.heads.parameters())
-        current = param.dtype if isinstance(device_or_dtype, torch.dtype) else param.device
-        if current != (device_or_dtype if isinstance(device_or_dtype, torch.dtype) else torch.device(device_or_dtype)):
-            self.heads.to(device_or_dtype)
+        """The host calls this with the load/offload device and with the model's dtype.
+        A dtype is ignored (the master weights stay as they are, see above); a device
+        drops the cast copies held elsewhere (an offload frees the GPU's)."""
+        if not isinstance(device_or_dtype, torch.dtype):
+            device = torch.device(device_or_dtype)
+            self._copies = {key: value for key, value in self._copies.items() if key[0] == device}
         return self
 
 

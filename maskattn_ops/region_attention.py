@@ -36,14 +36,16 @@ def swap_attention_(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Ten
 
 
 def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: float,
-                     sigma: float | torch.Tensor) -> torch.Tensor:
+                     sigma: float | torch.Tensor, max_of: torch.Tensor | None = None) -> torch.Tensor:
     """eDiff-I's paint-with-words: adds w' * log(1 + sigma) * max(QK^T) to the logits of
     the words in C_i inside S_i (Endo's baseline used w' = 0.3), IN PLACE, and returns
     ``logits``. ``logits`` (B, heads, N, T) are the scaled QK^T; the max is taken per
-    sample and head; ``sigma`` is one value or one per sample. Only the words' columns
-    are written: the bias is zero everywhere else, so no dense bias is built."""
+    sample and head, of ``max_of`` when given (the same values, kept unchanged for
+    autograd); ``sigma`` is one value or one per sample. Only the words' columns are
+    written: the bias is zero everywhere else, so no dense bias is built."""
     log_sigma = torch.log1p(torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device)).reshape(-1, 1, 1, 1)
-    scale = weight * log_sigma * logits.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
+    source = logits if max_of is None else max_of
+    scale = weight * log_sigma * source.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
     for region in regions:
         inside = region.mask.to(logits)[:, None, :, None]                             # (B|1, 1, N, 1)
         columns = list(region.positions)
@@ -114,8 +116,11 @@ class RegionAttention:
         sigmas = call.sigmas.to(call.q.device)                                          # one per latent
 
         def edit(logits):
+            source = logits
+            if logits.requires_grad:      # a guidance pass: autograd needs them as they were
+                logits = logits.clone()
             for rows in chunks:
-                paint_with_words_(logits[rows], regions, self.weight, sigmas)
+                paint_with_words_(logits[rows], regions, self.weight, sigmas, max_of=source[rows])
             return logits
         return edit
 
@@ -127,6 +132,8 @@ class RegionAttention:
         chunks, regions = acting
 
         def edit(probs):
+            if probs.requires_grad:       # a guidance pass: softmax's backward needs its output
+                probs = probs.clone()
             for rows in chunks:
                 swap_attention_(probs[rows], regions)
             return probs

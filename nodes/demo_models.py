@@ -85,17 +85,30 @@ def unet_config(**overrides) -> dict:
 
 
 def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 16,
-                v_prediction: bool = False) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over ``model_base.SDXL`` with the tiny config, seeded weights, fp32;
+                v_prediction: bool = False, weight_dtype: torch.dtype = torch.float32,
+                manual_cast: bool = True) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over ``model_base.SDXL`` with the tiny config and seeded weights;
     epsilon prediction (SDXL base) or v-prediction (as SDXL v-pred checkpoints, which the
-    host recognises by a "v_pred" key)."""
-    model_config = TinySDXL(config or TINY_UNET_CONFIG)
-    model_config.unet_config["num_head_channels"] = head_channels
-    model_config.set_inference_dtype(torch.float32, None)
+    host recognises by a "v_pred" key). ``weight_dtype`` other than fp32 stores the same
+    weights in that dtype (fp16, bf16, fp8) with the compute dtype the host's own manual
+    cast picks for this device, as a checkpoint loader would; ``manual_cast`` off computes
+    in the weight dtype itself (what a GPU with bf16 or fp16 does)."""
+    def model_in(dtype, manual_cast_dtype):
+        model_config = TinySDXL(config or TINY_UNET_CONFIG)
+        model_config.unet_config["num_head_channels"] = head_channels
+        model_config.set_inference_dtype(dtype, manual_cast_dtype)
+        markers = {"v_pred": torch.zeros(0)} if v_prediction else {}
+        return model_config.get_model(markers, device=torch.device("cpu"))
+
     torch.manual_seed(seed)
-    markers = {"v_pred": torch.zeros(0)} if v_prediction else {}
-    model = model_config.get_model(markers, device=torch.device("cpu"))
-    init_weights(model)
+    model = model_in(torch.float32, None)
+    init_weights(model)           # torch's initializers work in fp32 only
+    if weight_dtype != torch.float32:
+        weights = model.state_dict()
+        device = comfy.model_management.get_torch_device()
+        cast = comfy.model_management.unet_manual_cast(weight_dtype, device) if manual_cast else None
+        model = model_in(weight_dtype, cast)
+        model.load_state_dict(weights)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device())

@@ -158,7 +158,7 @@ class SiteAttention:
             if hasattr(p, "to"):
                 p.to(device)
         if hasattr(self.chained, "to"):
-            self.chained = self.chained.to(device)
+            self.chained.to(device)         # moved in place, as the host moves its own patches
         return self
 
     def models(self) -> list:

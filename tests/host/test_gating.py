@@ -232,12 +232,20 @@ def test_run_state_is_fresh_after_an_interrupted_run(nodes_gating, patching, tin
     assert runs[0] == {}
 
 
-def test_heads_follow_the_hosts_device_and_dtype_moves(nodes_gating, tiny_models, mid_sites):
-    """The host calls model_patches_to with the load device and with the model's dtype."""
+def test_the_hosts_device_and_dtype_moves_leave_the_master_heads(nodes_gating, patching, tiny_models, mid_sites):
+    """The host calls model_patches_to with the load device and with the model's dtype:
+    the master weights stay fp32 (each call computes with a cast copy in its own dtype,
+    tests/host/test_precision.py), and a device move drops copies held on other devices."""
     heads = fresh_heads(mid_sites)
     gated = apply(nodes_gating, tiny_models[0], heads)
+    [provider] = patching.providers(gated, GateBias)
+    copy = provider.heads_for(torch.device("cpu"), torch.float16)
+    assert {p.dtype for p in copy.parameters()} == {torch.float16}
+    assert provider.heads_for(torch.device("cpu"), torch.float16) is copy      # made once
+    assert provider.heads_for(torch.device("cpu"), torch.float32) is heads     # the master itself
     gated.model_patches_to(torch.float16)
-    assert {p.dtype for p in heads.parameters()} == {torch.float16}
     gated.model_patches_to(torch.device("cpu"))
-    gated.model_patches_to(torch.float32)
     assert {p.dtype for p in heads.parameters()} == {torch.float32}
+    assert provider.heads_for(torch.device("cpu"), torch.float16) is copy
+    gated.model_patches_to(torch.device("meta"))                                 # an offload elsewhere
+    assert provider.heads_for(torch.device("cpu"), torch.float16) is not copy
