@@ -3,13 +3,17 @@
 Registration only; one module per node family. Import this package relatively
 (``from .nodes import ...``): ComfyUI has a top-level module named ``nodes``.
 """
-from comfy_api.latest import ComfyExtension, io
+from .host_check import check_host
 
-from .model_folders import register_heads_folder
-from .nodes_demo import MaskAttnLoadDemoModel
-from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads
-from .nodes_regions import MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance
-from .nodes_visualize import MaskAttnVisualizeGates
+check_host()      # one clear message on a host that lacks what we use, before anything else
+
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
+
+from .model_folders import register_heads_folder  # noqa: E402
+from .nodes_demo import MaskAttnLoadDemoModel  # noqa: E402
+from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads  # noqa: E402
+from .nodes_regions import MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance  # noqa: E402
+from .nodes_visualize import MaskAttnVisualizeGates  # noqa: E402
 
 register_heads_folder()
 

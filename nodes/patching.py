@@ -349,7 +349,14 @@ class LatentGuidance:
         with torch.inference_mode(False), torch.enable_grad():
             _grad_ready(base_model)
             x_leaf = x.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss(model_k, x_leaf, sigma, kwargs), x_leaf)
+            loss = self.loss(model_k, x_leaf, sigma, kwargs)
+            if not loss.requires_grad:
+                raise RuntimeError(
+                    "Region Mask Guidance: the host ran the guidance pass without gradients, so the latent "
+                    "cannot be guided (ComfyUI's multi-GPU cond batching evaluates in worker threads under "
+                    "torch.no_grad(), and so may another pack's wrapper). Sample guidance on one device, or "
+                    "use the swapping / paint-with-words modes.")
+            (grad,) = torch.autograd.grad(loss, x_leaf)
         c_in = base_model.model_sampling.calculate_input(sigma, torch.ones_like(x))
         x.sub_(self.alpha * grad.to(x.dtype) / c_in.pow(2))
 

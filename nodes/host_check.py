@@ -1,0 +1,107 @@
+"""Every host internal this extension uses, checked once when the host loads us.
+
+Users run many ComfyUI versions. A name a version lacks would otherwise surface as a
+traceback in the middle of a run; here the extension refuses to load with ONE message
+that names each missing internal and the host's version. Keep this list in step with
+what the modules of ``nodes/`` use (tests/host/test_host_check.py reads them).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+# (module, attribute path, what needs it); each exists in every supported host version.
+REQUIRED = (
+    ("comfy_api.latest", "ComfyExtension", "the V3 node API (every node)"),
+    ("comfy_api.latest", "io.ComfyNode", "the V3 node API (every node)"),
+    ("folder_paths", "add_model_folder_path", "models/maskattn"),
+    ("folder_paths", "folder_names_and_paths", "models/maskattn"),
+    ("folder_paths", "models_dir", "models/maskattn"),
+    ("folder_paths", "get_filename_list", "Load MaskAttn Heads"),
+    ("folder_paths", "get_full_path_or_raise", "Load MaskAttn Heads"),
+    ("comfy.model_patcher", "ModelPatcher.clone", "every patching node"),
+    ("comfy.model_patcher", "ModelPatcher.set_model_patch_replace", "the attention replaces"),
+    ("comfy.model_patcher", "ModelPatcher.add_wrapper_with_key", "the per-run state, guidance"),
+    ("comfy.model_patcher", "ModelPatcher.get_wrappers", "the per-run state"),
+    ("comfy.model_patcher", "create_model_options_clone", "the per-run state"),
+    ("comfy.patcher_extension", "WrappersMP.OUTER_SAMPLE", "the per-run state"),
+    ("comfy.patcher_extension", "WrappersMP.SAMPLER_SAMPLE", "Region Mask Guidance"),
+    ("comfy.patcher_extension", "WrappersMP.CALC_COND_BATCH", "Region Mask Guidance"),
+    ("comfy.k_diffusion.sampling", "trange", "Region Mask Guidance's step marker"),
+    ("comfy.ldm.modules.attention", "optimized_attention", "the host's attention at unpatched calls"),
+    ("comfy.ldm.modules.attention", "SpatialTransformer", "finding the sites"),
+    ("comfy.ldm.modules.diffusionmodules.openaimodel", "Downsample", "finding the sites"),
+    ("comfy.ldm.modules.diffusionmodules.openaimodel", "Upsample", "finding the sites"),
+    ("comfy.sample", "sample_custom", "Visualize Gates"),
+    ("comfy.sample", "prepare_noise", "Visualize Gates"),
+    ("comfy.sample", "fix_empty_latent_channels", "Visualize Gates"),
+    ("comfy.samplers", "KSAMPLER", "Visualize Gates"),
+    ("comfy.model_management", "unet_manual_cast", "the demo models"),
+    ("comfy.model_management", "get_torch_device", "the demo models"),
+    ("comfy.model_management", "unet_offload_device", "the demo models"),
+    ("comfy.sd", "CLIP", "the demo models"),
+    ("comfy.sd", "VAE", "the demo models"),
+    ("comfy.sdxl_clip", "SDXLClipModel", "the demo models"),
+    ("comfy.sdxl_clip", "SDXLTokenizer", "the demo models"),
+    ("comfy.supported_models_base", "ClipTarget", "the demo models"),
+    ("comfy.supported_models", "SDXL", "the demo models"),
+    ("comfy.taesd.taesd", "TAESD", "the demo models"),
+)
+# Keyword arguments of host functions we call with them.
+REQUIRED_ARGUMENTS = (
+    ("comfy.ldm.modules.attention", "optimized_attention", "transformer_options",
+     "the host's attention with its override hook (ComfyUI 0.3.60)"),
+)
+
+
+class HostTooOld(ImportError):
+    """The host lacks internals this extension needs; the message names each one."""
+
+
+def host_version() -> str:
+    try:
+        return importlib.import_module("comfyui_version").__version__
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+def _lookup(module: str, path: str):
+    obj = importlib.import_module(module)
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _accepts(fn, argument: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True                     # cannot tell: assume yes, as before this check
+    return argument in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def missing(required=REQUIRED, arguments=REQUIRED_ARGUMENTS) -> list[str]:
+    """'module.attribute (what needs it)' for each internal the running host lacks."""
+    out = []
+    for module, path, why in required:
+        try:
+            _lookup(module, path)
+        except (ImportError, AttributeError):
+            out.append(f"{module}.{path} ({why})")
+    for module, path, argument, why in arguments:
+        try:
+            fn = _lookup(module, path)
+        except (ImportError, AttributeError):
+            continue                    # already named above
+        if not _accepts(fn, argument):
+            out.append(f"{module}.{path}(..., {argument}=) ({why})")
+    return out
+
+
+def check_host(required=REQUIRED, arguments=REQUIRED_ARGUMENTS) -> None:
+    """Raises HostTooOld naming every missing internal and the host's version."""
+    lacking = missing(required, arguments)
+    if lacking:
+        raise HostTooOld(
+            f"MaskAttn cannot run on this ComfyUI (version {host_version()}): it lacks "
+            + "; ".join(lacking) + ". Update ComfyUI (see the README's Compatibility table).")
