@@ -47,11 +47,9 @@ REQUIRED = (
     ("comfy.supported_models", "SDXL", "the demo models"),
     ("comfy.taesd.taesd", "TAESD", "the demo models"),
 )
-# Keyword arguments of host functions we call with them.
-REQUIRED_ARGUMENTS = (
-    ("comfy.ldm.modules.attention", "optimized_attention", "transformer_options",
-     "the host's attention with its override hook (ComfyUI 0.3.60)"),
-)
+# Keyword arguments of host functions we call with them (none today: transformer_options
+# of optimized_attention, since 0.3.60, is passed only where the host takes it).
+REQUIRED_ARGUMENTS: tuple = ()
 
 
 class HostTooOld(ImportError):

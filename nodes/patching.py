@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import logging
 from typing import Callable, Iterable, Protocol
 
@@ -84,12 +86,23 @@ def site_call(site: Site, q: torch.Tensor, k: torch.Tensor, extra_options: dict)
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _takes_transformer_options(attention: Callable) -> bool:
+    """Hosts since 0.3.60 pass transformer_options to their attention (its override hook)."""
+    try:
+        params = inspect.signature(attention).parameters
+    except (TypeError, ValueError):
+        return False
+    return "transformer_options" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def host_attention_op(q, k, v, extra_options) -> torch.Tensor:
-    """The attention the host itself would have run here (its chosen backend and any
-    ``optimized_attention_override``), read at call time since the host picks it late."""
-    return host_attention.optimized_attention(
-        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-        transformer_options=extra_options)
+    """The attention the host itself would have run here (its chosen backend and, on
+    hosts that have it, any ``optimized_attention_override``), read at call time since
+    the host picks it late."""
+    attention = host_attention.optimized_attention
+    options = {"transformer_options": extra_options} if _takes_transformer_options(attention) else {}
+    return attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"), **options)
 
 
 class SiteAttention:

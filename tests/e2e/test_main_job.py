@@ -35,7 +35,10 @@ def test_host_reads_our_registry_metadata(host):
     assert config.project.license.file == "LICENSE"
     assert config.project.urls.repository
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name
-    assert config.project.supported_comfyui_version == f"=={comfyui_version.__version__}"
+    from packaging.specifiers import SpecifierSet
+    required = SpecifierSet(config.project.supported_comfyui_version)
+    assert not any(spec.operator == "==" for spec in required), required          # a range, never a pin
+    assert comfyui_version.__version__ in required, (comfyui_version.__version__, required)
 
 
 def test_host_serves_our_workflow_templates(host, tmp_path):

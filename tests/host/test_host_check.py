@@ -93,3 +93,21 @@ def test_guidance_refuses_a_pass_without_gradients(host, nodes_regions, tiny_mod
     guided.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "no_grad", without_grad)
     with pytest.raises(RuntimeError, match="Region Mask Guidance: the host ran the guidance pass without gradients"):
         sample(guided, steps=2)
+
+
+def test_host_attention_without_transformer_options(patching, monkeypatch):
+    """Hosts before 0.3.60 have no transformer_options on optimized_attention: our
+    unpatched calls leave it out there, and pass it where the host takes it."""
+    import comfy.ldm.modules.attention as host_attention
+    real = host_attention.optimized_attention
+    calls = []
+
+    def before_0_3_60(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False):
+        calls.append("old")
+        return real(q, k, v, heads, mask=mask, attn_precision=attn_precision)
+
+    q, k = torch.randn(2, 16, 32), torch.randn(2, 77, 32)
+    options = {"n_heads": 2, "attn_precision": None}
+    expected = patching.host_attention_op(q, k, k, options)
+    monkeypatch.setattr(host_attention, "optimized_attention", before_0_3_60)
+    assert torch.equal(patching.host_attention_op(q, k, k, options), expected) and calls == ["old"]
