@@ -1,4 +1,5 @@
-"""Assertions and bias providers shared by the host tests."""
+"""Assertions, bias providers and scripted gate heads shared by the host tests."""
+import torch
 from torch.testing import assert_close
 
 
@@ -40,3 +41,23 @@ class Spy:
 
     def __getattr__(self, name):
         return getattr(self.provider, name)
+
+
+def scripted_heads(heads, off: dict):
+    """``heads`` with every head replaced by one whose gate we choose: each token in
+    ``off`` is switched off in its part of the grid ("all", or the "left" or "right"
+    half), every other token kept everywhere. Returns ``heads``."""
+    from comfyui_maskattn.maskattn_ops.gate_head import GateHead
+
+    class ScriptedHead(GateHead):
+        def forward(self, q, k, grid):
+            logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0, dtype=q.dtype)   # (B, T, h, w)
+            half = grid[1] // 2
+            for token, part in off.items():
+                columns = {"all": slice(None), "left": slice(None, half), "right": slice(half, None)}[part]
+                logits[:, token, :, columns] = -10.0
+            return logits
+
+    for name in heads.site_names:
+        heads.set_head(name, ScriptedHead(*heads.site_shapes()[name]))
+    return heads

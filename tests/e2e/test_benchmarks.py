@@ -24,7 +24,9 @@ def test_peak_memory_meter_sees_a_known_allocation():
         block = torch.ones(size // 4)
         del block
     assert quiet.peak - quiet.held < 16 * 2**20
-    assert size <= meter.peak - meter.held < size + 16 * 2**20
+    # within 1 MiB below: in a process that has run the host, its threads may free a
+    # little memory while the block is live (the meter reports GiB-scale figures)
+    assert size - 2**20 <= meter.peak - meter.held < size + 16 * 2**20
 
 
 def test_bench_runs_every_part_on_the_tiny_model(host):

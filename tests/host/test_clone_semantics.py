@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from comfyui_maskattn.maskattn_ops.gate_head import GateHead
+from helpers import scripted_heads
 
 
 def copy_dicts_and_lists(obj, memo=None):
@@ -39,14 +39,6 @@ def clone_semantics(request, host, monkeypatch):
     return request.param
 
 
-class LeftHalfHead(GateHead):
-    """Token 2 ("red") in the left half of the grid only."""
-    def forward(self, q, k, grid):
-        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0, dtype=q.dtype)
-        logits[:, 2, :, grid[1] // 2:] = -10.0
-        return logits + 0 * self.bias
-
-
 @pytest.fixture(scope="module")
 def parts(host, nodes_regions, tiny_models):
     """Heads, regions and conditioning the chains use (built once, shared by both semantics)."""
@@ -57,8 +49,7 @@ def parts(host, nodes_regions, tiny_models):
     with torch.inference_mode():
         positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(clip, "a red circle and a blue square").args
         heads = HeadSet.for_sites(select_sites(patching.discover_sites(model), "mid-resolution"))
-    for name in heads.site_names:
-        heads.set_head(name, LeftHalfHead(*heads.site_shapes()[name]))
+    scripted_heads(heads, {2: "right"})                    # "red" in the left half only
     mask = torch.zeros(1, 128, 128)
     mask[..., 64:] = 1.0
     regions = nodes_regions.MaskAttnBindRegion.execute(prompt, "blue square", 1.0, 0, 0, 0, 0, 128, 128,

@@ -3,21 +3,12 @@ import pytest
 import torch
 
 from comfyui_maskattn.maskattn_ops.attention import SUPPRESSED
-from comfyui_maskattn.maskattn_ops.gate_head import GateHead
 from comfyui_maskattn.maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from comfyui_maskattn.maskattn_ops.heads import HeadSet, save_heads
 
-from helpers import Spy, assert_same_run
+from helpers import Spy, assert_same_run, scripted_heads
 
 SUPPRESSED_TOKEN = 2     # "red" in "a red circle ...": start token, "a", "red"
-
-
-class ForcedHead(GateHead):
-    """A head whose output is forced: keep every token but one."""
-    def forward(self, q, k, grid):
-        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0)
-        logits[:, SUPPRESSED_TOKEN] = -10.0
-        return logits
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +29,8 @@ def fresh_heads(sites):
 
 
 def forced_heads(sites):
-    heads = fresh_heads(sites)
-    for name in heads.site_names:
-        heads.set_head(name, ForcedHead(*heads.site_shapes()[name]))
-    return heads
+    """Every token kept everywhere but SUPPRESSED_TOKEN, which is off everywhere."""
+    return scripted_heads(fresh_heads(sites), {SUPPRESSED_TOKEN: "all"})
 
 
 def apply(nodes_gating, model, heads, **options):
@@ -158,21 +147,9 @@ def test_load_and_apply_inside_a_graph(run_graph, tmp_path, patching, tiny_model
         folder_paths.folder_names_and_paths["maskattn"][0].remove(str(folder))
 
 
-class HalvesHead(GateHead):
-    """Token 2 acts in the left half of the grid only, token 3 in the right half only."""
-    def forward(self, q, k, grid):
-        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0)
-        half = grid[1] // 2
-        logits[:, 2, :, half:] = -10.0
-        logits[:, 3, :, :half] = -10.0
-        return logits
-
-
 def halves_heads(sites):
-    heads = fresh_heads(sites)
-    for name in heads.site_names:
-        heads.set_head(name, HalvesHead(*heads.site_shapes()[name]))
-    return heads
+    """Token 2 acts in the left half of the grid only, token 3 in the right half only."""
+    return scripted_heads(fresh_heads(sites), {2: "right", 3: "left"})
 
 
 def test_self_attention_gating_is_off_by_default(nodes_gating, patching, tiny_models, mid_sites, sample):

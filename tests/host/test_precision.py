@@ -5,17 +5,9 @@ it gives alone, before and after the other ran."""
 import pytest
 import torch
 
-from comfyui_maskattn.maskattn_ops.gate_head import GateHead
+from helpers import scripted_heads
 
 WEIGHT_DTYPES = [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
-
-
-class ForcedHead(GateHead):
-    """Keeps every token but "red" (token 2), in whatever dtype it computes."""
-    def forward(self, q, k, grid):
-        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0, dtype=q.dtype)
-        logits[:, 2] = -10.0
-        return logits + 0 * self.bias
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +53,7 @@ def forced_heads(sites):
     from comfyui_maskattn.maskattn_ops.heads import HeadSet
     with torch.inference_mode():
         heads = HeadSet.for_sites(sites)
-    for name in heads.site_names:
-        heads.set_head(name, ForcedHead(*heads.site_shapes()[name]))
-    return heads
+    return scripted_heads(heads, {2: "all"})             # "red" off everywhere
 
 
 def test_shared_heads_give_each_model_what_it_gives_alone(tiny, patching, tiny_models, sample):

@@ -4,19 +4,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from comfyui_maskattn.maskattn_ops.gate_head import GateHead
 from comfyui_maskattn.maskattn_ops.heads import HeadSet
 from comfyui_maskattn.maskattn_ops.sites import select_sites
 
+from helpers import scripted_heads
+
 PROMPT = "a red circle and a blue square"
-
-
-class LeftHalfHead(GateHead):
-    """Token 2 ("red") may act in the left half of the grid only."""
-    def forward(self, q, k, grid):
-        logits = torch.full((q.shape[0], k.shape[1], *grid), 10.0)
-        logits[:, 2, :, grid[1] // 2:] = -10.0
-        return logits
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +25,7 @@ def setup(nodes_regions, tiny_models, encode, patching):
     with torch.inference_mode():
         positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(clip, PROMPT).args
         heads = HeadSet.for_sites(select_sites(patching.discover_sites(model), "mid-resolution"))
-    for name in heads.site_names:
-        heads.set_head(name, LeftHalfHead(*heads.site_shapes()[name]))
+    scripted_heads(heads, {2: "right"})                    # "red" in the left half only
     gated = nodes_gating.MaskAttnApplyMaskedCrossAttention.execute(
         model, heads, threshold=0.5, mode="hard", start_percent=0.0, end_percent=1.0, apply_to_uncond=True).args[0]
     return gated, positive, encode(""), prompt
