@@ -123,6 +123,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
+def _field(path: Path, meta: dict[str, str], name: str, parse, default: str | None = None):
+    """A metadata field, parsed; a missing or malformed one is named with the file."""
+    raw = meta.get(name, default)
+    if raw is None:
+        raise HeadsFileError(f"{path}: metadata field {name!r} is missing")
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        raise HeadsFileError(f"{path}: metadata field {name!r} is malformed: {raw[:80]!r}") from None
+
+
 def load_heads(path: str | Path) -> HeadSet:
     """Reads a heads file; every problem is a HeadsFileError naming the file."""
     path = Path(path)
@@ -130,9 +141,17 @@ def load_heads(path: str | Path) -> HeadSet:
     if meta.get("format") != FORMAT:
         raise HeadsFileError(f"{path} is a safetensors file but not MaskAttn heads (metadata format="
                              f"{meta.get('format')!r}, expected {FORMAT!r})")
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+    if _field(path, meta, "format_version", int, "0") > FORMAT_VERSION:
         raise HeadsFileError(f"{path} has heads format version {meta['format_version']}; this MaskAttn "
                              f"reads up to {FORMAT_VERSION}: update the extension")
+    not_float = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values() if not t.is_floating_point()})
+    if not_float:
+        raise HeadsFileError(f"{path}: heads are floating-point weights, this file holds {', '.join(not_float)} "
+                             f"tensors (a quantized or foreign file?)")
+    broken = sorted(k for k, t in tensors.items() if not torch.isfinite(t).all())
+    if broken:
+        raise HeadsFileError(f"{path}: {len(broken)} tensor(s) hold NaN or Inf (e.g. {broken[0]}); the heads "
+                             f"are damaged: train or download them again")
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         parts = key.split(".")
@@ -144,12 +163,12 @@ def load_heads(path: str | Path) -> HeadSet:
         raise HeadsFileError(f"{path}: a head lacks tensor {e}; not a MaskAttn heads file of this version") from None
     if len(embed_dims) != 1:
         raise HeadsFileError(f"{path}: heads disagree on their embedding width {sorted(embed_dims)}")
-    listed = json.loads(meta.get("sites", "[]"))
-    if sorted(listed) != sorted(by_site):
+    listed = _field(path, meta, "sites", json.loads, "[]")
+    if not isinstance(listed, list) or sorted(listed) != sorted(by_site):
         raise HeadsFileError(f"{path}: metadata lists sites {listed} but the tensors are for {sorted(by_site)}")
-    heads = HeadSet(shapes, context_dim=int(meta["context_dim"]), embed_dim=embed_dims.pop(),
-                    base_family=meta.get("base_family", ""), threshold=float(meta.get("threshold", 0.5)),
-                    training=json.loads(meta.get("training", "{}")))
+    heads = HeadSet(shapes, context_dim=_field(path, meta, "context_dim", int), embed_dim=embed_dims.pop(),
+                    base_family=meta.get("base_family", ""), threshold=_field(path, meta, "threshold", float, "0.5"),
+                    training=_field(path, meta, "training", json.loads, "{}"))
     heads.site_names = listed
     for name, state in by_site.items():
         try:

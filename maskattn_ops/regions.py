@@ -74,12 +74,18 @@ class Region:
 
 
 def check_mask(mask: torch.Tensor, words: str) -> torch.Tensor:
-    """A MASK (B, H, W) or (H, W) -> (B, H, W) float in [0, 1]; an empty mask is an error."""
+    """A MASK (B, H, W) or (H, W) -> (B, H, W) float; values outside 0..1 (or NaN) and an
+    empty mask are errors, never clamped or ignored."""
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() != 3 or mask.shape[-1] == 0 or mask.shape[-2] == 0:
         raise ValueError(f"the mask for {words!r} must be (B, H, W), got shape {tuple(mask.shape)}")
-    mask = mask.float().clamp(0, 1)
+    mask = mask.float()
+    if not torch.isfinite(mask).all():
+        raise ValueError(f"the mask for {words!r} holds NaN or Inf values")
+    if mask.min() < 0 or mask.max() > 1:
+        raise ValueError(f"the mask for {words!r} has values from {float(mask.min()):g} to {float(mask.max()):g}; "
+                         f"a MASK holds 0..1 (an 8-bit image channel would need dividing by 255)")
     empty = [i for i in range(mask.shape[0]) if not mask[i].any()]
     if empty:
         raise ValueError(f"the mask for {words!r} is empty (all zero) in batch item(s) {empty}")

@@ -23,6 +23,7 @@ REQUIRED = (
     ("comfy.model_patcher", "ModelPatcher.set_model_patch_replace", "the attention replaces"),
     ("comfy.model_patcher", "ModelPatcher.add_wrapper_with_key", "the per-run state, guidance"),
     ("comfy.model_patcher", "ModelPatcher.get_wrappers", "the per-run state"),
+    ("comfy.model_patcher", "ModelPatcher.remove_wrappers_with_key", "Visualize Gates on a guided model"),
     ("comfy.model_patcher", "create_model_options_clone", "the per-run state"),
     ("comfy.patcher_extension", "WrappersMP.OUTER_SAMPLE", "the per-run state"),
     ("comfy.patcher_extension", "WrappersMP.SAMPLER_SAMPLE", "Region Mask Guidance"),

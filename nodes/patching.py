@@ -449,6 +449,16 @@ def install_latent_guidance(model: ModelPatcher, guidance: LatentGuidance) -> Mo
     return patched
 
 
+def without_latent_guidance(model: ModelPatcher) -> ModelPatcher:
+    """A clone of ``model`` whose sampling no longer moves the latent (its attention
+    patches stay): for a single evaluation that is not a sampling run (Visualize Gates)."""
+    patched = model.clone()
+    for kind in (comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, comfy.patcher_extension.WrappersMP.CALC_COND_BATCH):
+        patched.remove_wrappers_with_key(kind, GUIDANCE_KEY)
+    patched.model_options["transformer_options"].pop(GUIDANCE_KEY, None)
+    return patched
+
+
 def latent_guidance(model: ModelPatcher) -> LatentGuidance | None:
     """The latent step Region Mask Guidance installed on ``model``, if any."""
     return model.model_options["transformer_options"].get(GUIDANCE_KEY)

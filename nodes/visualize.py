@@ -53,7 +53,9 @@ class AttentionProbe:
 def capture_maps(model, positive, negative, latent: dict, cfg: float, step_percent: float, seed: int) -> list[SiteMaps]:
     """One evaluation of ``model`` at ``step_percent`` of the schedule over ``latent``
     (noised with ``seed``): the maps of every cross-attention site, in UNet order."""
-    probed, captures = patching.with_captures(patching.install_bias(model, AttentionProbe(), "all"))
+    # One evaluation, not a sampling run: Region Mask Guidance's latent step stays out of it.
+    plain_sampling = patching.without_latent_guidance(model)
+    probed, captures = patching.with_captures(patching.install_bias(plain_sampling, AttentionProbe(), "all"))
     sampling = model.get_model_object("model_sampling")
     sigma = max(float(sampling.percent_to_sigma(step_percent)), float(sampling.sigma_min))
     sigmas = torch.tensor([sigma, 0.0])

@@ -91,3 +91,17 @@ def test_regions_outlined_and_model_left_untouched(nodes_visualize, nodes_region
     assert {layer: patching.providers(gated, object, layer) for layer in ("attn1", "attn2")} == providers
     assert patching.CAPTURES_KEY not in gated.model_options["transformer_options"]
     assert torch.equal(sample(gated, steps=2), sampled)
+
+
+def test_visualize_a_guided_model(nodes_visualize, nodes_regions, patching, setup, sample):
+    """A model from Region Mask Guidance (mode guidance) shows its attention: the one
+    evaluation is no sampling run, so the latent step stays out of it (it used to refuse
+    the internal one-evaluation sampler as unguidable); the guided model still guides."""
+    gated, positive, negative, prompt = setup
+    regions = nodes_regions.MaskAttnBindRegion.execute(prompt, "red", 1.0, 0, 0, 64, 128, 128, 128).args[0]
+    guided = nodes_regions.MaskAttnRegionGuidance.execute(gated, regions, "guidance", 0.08, 0.5, 0.3, 0.0, 0.3,
+                                                          "all").args[0]
+    image = visualize(nodes_visualize, guided, positive, negative, prompt, show="attention", regions=regions)
+    assert image.shape[0] == 1 and torch.isfinite(image).all() and image.max() > 0.5
+    assert patching.latent_guidance(guided) is not None
+    assert not torch.equal(sample(guided, steps=2), sample(gated, steps=2))

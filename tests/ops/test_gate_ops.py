@@ -253,3 +253,36 @@ def test_self_attention_bias_is_open_when_no_token_is_selective():
     assert (self_attention_bias(everywhere) == 0).all()
     nowhere = torch.zeros(2, 154, 3, 5, dtype=torch.bool)
     assert (self_attention_bias(nowhere) == 0).all()
+
+
+def test_damaged_heads_files_are_refused_naming_file_and_cause(tmp_path):
+    """A NaN weight, integer (quantized) tensors, and missing or malformed metadata each
+    give a HeadsFileError that names the file and the cause, never a raw KeyError or a
+    heads set that gates nothing or everything."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    good = tmp_path / "good.safetensors"
+    save_heads(HeadSet.for_sites(SITES), good)
+    with safe_open(str(good), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+    def written(name, tensors=tensors, **changes):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={k: v for k, v in {**meta, **changes}.items() if v is not None})
+        return path
+
+    nan = dict(tensors)
+    nan["input.4.0.tokens.weight"] = nan["input.4.0.tokens.weight"].clone()
+    nan["input.4.0.tokens.weight"][0, 0] = float("nan")
+    int8 = {k: (v * 100).to(torch.int8) for k, v in tensors.items()}
+    cases = {written("nan", nan): "NaN or Inf .*input.4.0.tokens.weight",
+             written("int8", int8): "floating-point weights, this file holds int8",
+             written("no_width", context_dim=None): "metadata field 'context_dim' is missing",
+             written("bad_width", context_dim="wide"): "metadata field 'context_dim' is malformed: 'wide'",
+             written("bad_sites", sites="[not json"): "metadata field 'sites' is malformed",
+             written("bad_version", format_version="two"): "metadata field 'format_version' is malformed"}
+    for path, cause in cases.items():
+        with pytest.raises(HeadsFileError, match=cause) as err:
+            load_heads(path)
+        assert str(path) in str(err.value)
+    assert load_heads(written("unchanged")).site_names == ["input.4.0", "output.3.1"]

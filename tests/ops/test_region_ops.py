@@ -104,3 +104,20 @@ def test_edits_write_through_the_cond_chunks_views_only():
         assert torch.equal(painted[rows], paint_with_words_(logits[rows].clone(), regions, 0.3, call.sigmas))
     assert torch.equal(swapped[2:4], probs[2:4]) and torch.equal(painted[2:4], logits[2:4])
     assert not torch.equal(swapped[0:2], probs[0:2]) and not torch.equal(painted[4:6], logits[4:6])
+
+
+def test_masks_outside_0_to_1_or_with_nan_are_refused_never_clamped():
+    from comfyui_maskattn.maskattn_ops.regions import check_mask
+    half = torch.zeros(1, 8, 8)
+    half[..., :4] = 1.0
+    assert torch.equal(check_mask(half, "red"), half) and check_mask(half[0], "red").shape == (1, 8, 8)
+    nan = half.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the mask for 'red' holds NaN or Inf"):
+        check_mask(nan, "red")
+    with pytest.raises(ValueError, match=r"the mask for 'red' has values from 0 to 255; a MASK holds 0..1"):
+        check_mask(half * 255, "red")
+    with pytest.raises(ValueError, match="has values from -1"):
+        check_mask(half - 1, "red")
+    with pytest.raises(ValueError, match=r"is empty \(all zero\) in batch item\(s\) \[1\]"):
+        check_mask(torch.stack([half[0], torch.zeros(8, 8)]), "red")
