@@ -85,15 +85,41 @@ def test_long_prompt_keeps_every_chunks_start_token(nodes_gating, patching, tiny
                     sample(model, prompt=prompt, steps=2))
 
 
-def test_window_and_uncond_options(nodes_gating, tiny_models, mid_sites, sample):
+def test_window_and_uncond_options(nodes_gating, patching, tiny_models, mid_sites, sample):
     model = tiny_models[0]
     plain = sample(model)
     heads = forced_heads(mid_sites)
     # an empty window (start = end at the very end) is exactly the unpatched run
     assert_same_run(sample(apply(nodes_gating, model, heads, start_percent=1.0, end_percent=1.0)), plain)
-    cond_only = sample(apply(nodes_gating, model, heads, apply_to_uncond=False))
-    both = sample(apply(nodes_gating, model, heads))
-    assert (cond_only - both).abs().max() > 1e-3
+    for to_uncond in (False, True):
+        log = []
+        gated = patching.map_providers(apply(nodes_gating, model, heads, apply_to_uncond=to_uncond),
+                                       lambda p: Spy(p, log) if isinstance(p, GateBias) else p)
+        sample(gated, steps=2)
+        assert log
+        for call, bias in log:                    # (B, 1, N, T): the uncond chunk gated exactly when asked
+            uncond = call.is_uncond()
+            assert (bias[~uncond][..., SUPPRESSED_TOKEN] <= SUPPRESSED).all()
+            assert ((bias[uncond][..., SUPPRESSED_TOKEN] <= SUPPRESSED).all() if to_uncond
+                    else (bias[uncond] == 0).all())
+
+
+@pytest.mark.parametrize("start, end, gated_steps", [(0.0, 1.0, 4), (0.3, 1.0, 3), (0.0, 0.3, 1), (0.5, 0.5, 0)])
+def test_a_partial_window_gates_exactly_its_steps(nodes_gating, patching, tiny_models, mid_sites, sample,
+                                                  start, end, gated_steps):
+    """Gating acts at the steps whose sigma lies in [sigma(end), sigma(start)] and no other."""
+    import comfy.samplers
+    model = tiny_models[0]
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", 4)[:-1]
+    high, low = sampling.percent_to_sigma(start), sampling.percent_to_sigma(end)
+    assert sum(low <= float(s) <= high for s in sigmas) == gated_steps
+    log = []
+    gated = patching.map_providers(apply(nodes_gating, model, forced_heads(mid_sites), start_percent=start,
+                                         end_percent=end), lambda p: Spy(p, log) if isinstance(p, GateBias) else p)
+    sample(gated, steps=4)
+    acted = {float(call.sigmas.max()) for call, bias in log if bias is not None}
+    assert len(acted) == gated_steps
 
 
 def test_heads_are_shared_not_copied_across_clones(nodes_gating, patching, tiny_models, mid_sites):

@@ -204,17 +204,33 @@ def test_host_name_restored_after_a_run_and_after_an_interrupt(nodes_regions, pa
     assert k_diffusion_sampling.trange is original
 
 
-def test_guidance_with_a_denoise_mask(nodes_regions, tiny_models, regions, encode):
-    """Inpainting (SetLatentNoiseMask): the guided run stays inside the mask."""
+def test_guidance_with_a_denoise_mask(nodes_regions, patching, tiny_models, regions, encode):
+    """Inpainting (SetLatentNoiseMask): the latent's shift is exactly zero outside the mask
+    at every guided step (the final image cannot show it: the host re-imposes the kept
+    latent at the last step), and the guided run differs inside."""
     import nodes
     positive = encode(PROMPT)
     latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)),
               "noise_mask": left_half(16, 16)}
+    model = guide(nodes_regions, tiny_models[0], regions, end=0.5)
+    guidance = patching.latent_guidance(model)
+    shifts = []
+
+    def recorded_shift(model_k, base_model, x, sigma, kwargs):
+        before = x.clone()
+        LatentGuidance.shift(guidance, model_k, base_model, x, sigma, kwargs)
+        shifts.append(x - before)
+
+    LatentGuidance = type(guidance)
+    guidance.shift = recorded_shift          # this test's own model: recorded, then sampled
     with torch.inference_mode():
-        guided = nodes.common_ksampler(guide(nodes_regions, tiny_models[0], regions, end=0.5), 0, 4, 5.0, "euler",
-                                       "normal", positive, encode(""), latent)[0]["samples"]
-        plain = nodes.common_ksampler(tiny_models[0], 0, 4, 5.0, "euler", "normal", positive, encode(""), latent)[0]["samples"]
+        guided = nodes.common_ksampler(model, 0, 4, 5.0, "euler", "normal", positive, encode(""), latent)[0]["samples"]
     outside = left_half(16, 16)[0] == 0
+    assert len(shifts) == 2                                             # the first half of 4 steps
+    for shift in shifts:
+        assert (shift[..., outside] == 0).all() and shift[..., ~outside].abs().max() > 0
+    with torch.inference_mode():
+        plain = nodes.common_ksampler(tiny_models[0], 0, 4, 5.0, "euler", "normal", positive, encode(""), latent)[0]["samples"]
     assert torch.isfinite(guided).all()
     assert torch.equal(guided[..., outside], plain[..., outside])        # kept image: same bits as unguided
     assert_close(guided[..., outside], latent["samples"][..., outside])    # (up to the latent format's rounding)
