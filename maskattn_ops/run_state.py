@@ -16,7 +16,6 @@ import torch
 
 if TYPE_CHECKING:
     from .guidance import GuidancePass
-    from .sites import Site, SiteCall
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,10 @@ class GateRecord:
 class Captures:
     """What an inspection asked a run to record (Visualize Gates, the heads trainer's mask
     supervision); providers only append to it."""
-    # (call, head logits (B, T, h, w)) of every gated call, in call order
-    gate_logits: list[tuple["SiteCall", torch.Tensor]] = field(default_factory=list)
-    # site name -> (site, the cond rows' attention probabilities, mean over heads, (B, T, h, w))
-    attention: dict[str, tuple["Site", torch.Tensor]] = field(default_factory=dict)
+    # (SiteCall, head logits (B, T, h, w)) of every gated call, in call order
+    gate_logits: list[tuple[object, torch.Tensor]] = field(default_factory=list)
+    # site name -> (Site, the cond rows' attention probabilities, mean over heads, (B, T, h, w))
+    attention: dict[str, tuple[object, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
