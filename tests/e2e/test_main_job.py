@@ -35,6 +35,11 @@ def test_host_reads_our_registry_metadata(host):
     assert config.project.license.file == "LICENSE"
     assert config.project.urls.repository
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name
+    # a pack never lists torch: pip could replace the user's CUDA build
+    listed = [r.split("=")[0].split(">")[0].strip().lower() for r in config.project.dependencies]
+    requirements = [line.strip().lower() for line in (REPO / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert "torch" not in listed and "torch" not in requirements, (listed, requirements)
     from packaging.specifiers import SpecifierSet
     required = SpecifierSet(config.project.supported_comfyui_version)
     assert not any(spec.operator == "==" for spec in required), required          # a range, never a pin
