@@ -56,6 +56,18 @@ def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: f
 REGION_MODES = ("guidance", "swapping", "paint-with-words")
 
 
+def check_aspect(region, grid: tuple[int, int]) -> None:
+    """A region is resized to each site's grid by area: one drawn for an image of another
+    shape would be stretched, so its aspect must match the grid's, to a grid cell (the
+    latent and the grids round the image size down or up)."""
+    height, width = region.mask.shape[-2:]
+    h, w = grid
+    if abs(height * w / width - h) > 1:
+        raise ValueError(f"Region Mask Guidance: the region for {region.words!r} is {width}x{height} but the image "
+                         f"being sampled has another shape (a {w}x{h} grid at this layer): bind the mask or box "
+                         f"at the image's own size (Bind Region to Words' image_width and image_height)")
+
+
 @dataclass
 class RegionAttention:
     """The regions at the sites, on the cond rows only (the negative prompt has no bound
@@ -88,6 +100,7 @@ class RegionAttention:
         for index, region in enumerate(self.regions):
             key = (index, call.grid)
             if key not in self._grids:
+                check_aspect(region, call.grid)
                 self._grids[key] = mask_to_grid(region.mask, call.grid)               # (B|1, N)
             grid_mask = self._grids[key].to(call.q.device)
             if grid_mask.shape[0] not in (1, call.chunk_size):

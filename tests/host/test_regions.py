@@ -180,7 +180,7 @@ def test_regions_graph_through_the_executor(run_graph):
     prompt = {
         "1": {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "tiny-sdxl-random", "seed": 0}},
         "2": {"class_type": "MaskAttnEncodeRegionPrompt", "inputs": {"clip": ["1", 1], "text": PROMPT}},
-        "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 128}},
+        "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 128}},
         "4": {"class_type": "MaskAttnBindRegion", "inputs": {
             "prompt": ["2", 1], "words": "red circle", "strength": 1.0, "x": 0, "y": 0, "width": 0, "height": 0,
             "image_width": 128, "image_height": 128, "mask": ["3", 0]}},

@@ -121,3 +121,17 @@ def test_masks_outside_0_to_1_or_with_nan_are_refused_never_clamped():
         check_mask(half - 1, "red")
     with pytest.raises(ValueError, match=r"is empty \(all zero\) in batch item\(s\) \[1\]"):
         check_mask(torch.stack([half[0], torch.zeros(8, 8)]), "red")
+
+
+def test_a_region_of_another_shape_than_the_image_is_refused():
+    """A box bound for a 128x128 image, sampled at 128x192: no silent stretch."""
+    from comfyui_maskattn.maskattn_ops.region_attention import check_aspect
+    from comfyui_maskattn.maskattn_ops.regions import Region, box_mask
+    square = Region(box_mask(0, 0, 64, 64, 128, 128, "red"), (2,), 77, "red")
+    check_aspect(square, (8, 8))
+    check_aspect(square, (4, 4))
+    with pytest.raises(ValueError, match=r"the region for .red. is 128x128 but the image .*\(a 12x8 grid"):
+        check_aspect(square, (8, 12))
+    wide = Region(box_mask(0, 0, 64, 64, 1024, 1000, "red"), (2,), 77, "red")   # latent 125x128
+    check_aspect(wide, (63, 64))             # the grid rounds 62.5 up: still the same image
+    check_aspect(wide, (125, 128))
