@@ -1,6 +1,6 @@
 """A real ComfyUI server process on localhost with this extension in custom_nodes/, for
-the main job and the end-to-end tests: started headless in a temporary state folder,
-with this repo's weights/ added to models/maskattn, stopped on exit."""
+the main job and the end-to-end tests: started headless in a temporary state folder
+(the extension itself offers its shipped heads), stopped on exit."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .host import REPO
-
-WEIGHTS = REPO / "weights"
 SERVER_START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 1800
 
@@ -35,15 +32,7 @@ def host_command(host: Path, port: int, state: Path) -> list[str]:
     return [sys.executable, str(host / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
             "--user-directory", str(state / "user"), "--temp-directory", str(state / "temp"),
             "--output-directory", str(state / "output"), "--input-directory", str(state / "input"),
-            "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-            "--extra-model-paths-config", str(demo_model_paths(state))]
-
-
-def demo_model_paths(state: Path) -> Path:
-    """An extra_model_paths.yaml that adds this repo's weights/ to models/maskattn."""
-    path = state / "extra_model_paths.yaml"
-    path.write_text(f"maskattn_demo:\n    base_path: {WEIGHTS.parent}\n    maskattn: {WEIGHTS.name}\n")
-    return path
+            "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
 
 
 class Host:

@@ -134,6 +134,16 @@ def _field(path: Path, meta: dict[str, str], name: str, parse, default: str | No
         raise HeadsFileError(f"{path}: metadata field {name!r} is malformed: {raw[:80]!r}") from None
 
 
+def is_heads_file(path: str | Path | None) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata says MaskAttn heads (reads
+    the header only)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:       # noqa: BLE001  (any unreadable file is simply not offered)
+        return False
+
+
 def load_heads(path: str | Path) -> HeadSet:
     """Reads a heads file; every problem is a HeadsFileError naming the file."""
     path = Path(path)

@@ -18,6 +18,7 @@ REQUIRED = (
     ("folder_paths", "folder_names_and_paths", "models/maskattn"),
     ("folder_paths", "models_dir", "models/maskattn"),
     ("folder_paths", "get_filename_list", "Load MaskAttn Heads"),
+    ("folder_paths", "get_full_path", "Load MaskAttn Heads"),
     ("folder_paths", "get_full_path_or_raise", "Load MaskAttn Heads"),
     ("comfy.model_patcher", "ModelPatcher.clone", "every patching node"),
     ("comfy.model_patcher", "ModelPatcher.set_model_patch_replace", "the attention replaces"),

@@ -8,7 +8,7 @@ from ..maskattn_ops.gate_head import GATE_MODES
 from ..maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
-from .model_folders import HEADS_FOLDER
+from .model_folders import HEADS_FOLDER, heads_file_names
 
 CATEGORY = "MaskAttn"
 Heads = io.Custom("MASKATTN_HEADS")
@@ -27,8 +27,9 @@ class MaskAttnLoadHeads(io.ComfyNode):
                 "token may act. Heads are made for one base model; Apply Masked Cross-Attention "
                 "refuses heads whose sites or widths differ from the MODEL's."),
             inputs=[
-                io.Combo.Input("heads_name", options=folder_paths.get_filename_list(HEADS_FOLDER),
-                               tooltip="Heads file in models/maskattn (safetensors only)."),
+                io.Combo.Input("heads_name", options=heads_file_names(),
+                               tooltip="Heads file in models/maskattn (safetensors only); the shipped ones "
+                                       "(shapes_sdxl_heads*) are made for the demo model."),
             ],
             outputs=[Heads.Output(display_name="HEADS", tooltip="The gate heads, for Apply Masked Cross-Attention.")],
         )

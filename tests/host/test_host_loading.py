@@ -2,6 +2,8 @@
 import logging
 import os
 
+import torch
+
 from maskattn_lab.host import REPO
 
 OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention",
@@ -47,22 +49,32 @@ def test_core_nodes_all_imported(host_nodes):
     assert not failed and len(core) > 300, (len(core), failed)
 
 
-def test_heads_folder_keeps_user_paths_and_lists_safetensors_only(host_nodes, tmp_path):
-    """models/maskattn is added beside paths that extra_model_paths.yaml gave, and the
-    folder lists only .safetensors (a new folder name would otherwise list every file)."""
+def test_heads_folder_keeps_user_paths_and_offers_heads_files_only(host_nodes, tmp_path):
+    """models/maskattn and the shipped heads are added after the paths that
+    extra_model_paths.yaml gave, and Load MaskAttn Heads offers only heads files: not a
+    text file, not another safetensors file (a model put there, or the shipped demo model
+    beside the shipped heads)."""
     import folder_paths
-    from comfyui_maskattn.nodes.model_folders import HEADS_FOLDER, register_heads_folder
+    from safetensors.torch import save_file
+
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet, save_heads
+    from comfyui_maskattn.maskattn_ops.sites import Site
+    from comfyui_maskattn.nodes.model_folders import HEADS_FOLDER, SHIPPED_HEADS, heads_file_names, register_heads_folder
     saved = folder_paths.folder_names_and_paths.pop(HEADS_FOLDER, None)
     try:
         user = tmp_path / "user_heads"
         user.mkdir()
-        (user / "mine.safetensors").write_bytes(b"")
+        save_heads(HeadSet.for_sites([Site(("input", 4, 0), 2, 64, 4, 16, 64)]), user / "mine.safetensors")
+        save_file({"w": torch.zeros(1)}, str(user / "a_model.safetensors"))
         (user / "notes.txt").write_text("not heads")
         folder_paths.add_model_folder_path(HEADS_FOLDER, str(user))     # what extra_model_paths.yaml does
         register_heads_folder()
         paths = folder_paths.get_folder_paths(HEADS_FOLDER)
-        assert paths[0] == str(user) and paths[1].endswith("models/maskattn")
-        assert folder_paths.get_filename_list(HEADS_FOLDER) == ["mine.safetensors"]
+        assert paths[0] == str(user) and paths[1].endswith("models/maskattn") and paths[2] == str(SHIPPED_HEADS)
+        offered = heads_file_names()
+        assert "mine.safetensors" in offered and "a_model.safetensors" not in offered
+        assert {"shapes_sdxl_heads.safetensors", "shapes_sdxl_heads_masksup.safetensors"} <= set(offered)
+        assert "shapes_sdxl.safetensors" not in offered and not [n for n in offered if not n.endswith(".safetensors")]
         register_heads_folder()                                         # idempotent
         assert folder_paths.get_folder_paths(HEADS_FOLDER) == paths
     finally:
