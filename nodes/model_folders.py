@@ -7,7 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..maskattn_ops.heads import is_heads_file
+from ..maskattn_ops.heads import HeadsFileError, is_heads_file, load_heads
 
 HEADS_FOLDER = "maskattn"
 HEADS_EXTENSIONS = {".safetensors"}
@@ -33,3 +33,16 @@ def heads_file_names() -> list[str]:
     model beside the shipped heads, is not offered)."""
     return [name for name in folder_paths.get_filename_list(HEADS_FOLDER)
             if is_heads_file(folder_paths.get_full_path(HEADS_FOLDER, name))]
+
+
+def heads_that_fit(sites) -> list[str]:
+    """The offered heads files made for a model with these sites and widths (for an error
+    that says which file to pick instead)."""
+    fitting = []
+    for name in heads_file_names():
+        try:
+            load_heads(folder_paths.get_full_path(HEADS_FOLDER, name)).check_fits(sites)
+        except HeadsFileError:
+            continue
+        fitting.append(name)
+    return fitting

@@ -8,7 +8,7 @@ from ..maskattn_ops.gate_head import GATE_MODES
 from ..maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
-from .model_folders import HEADS_FOLDER, heads_file_names
+from .model_folders import HEADS_FOLDER, heads_file_names, heads_that_fit
 
 CATEGORY = "MaskAttn"
 Heads = io.Custom("MASKATTN_HEADS")
@@ -80,10 +80,14 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
     def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
                 end_percent: float, apply_to_uncond: bool, self_attention_gating: bool = False) -> io.NodeOutput:
         window = patching.sigma_window(model, start_percent, end_percent, "Apply Masked Cross-Attention")
+        sites = patching.discover_sites(model)
         try:
-            heads.check_fits(patching.discover_sites(model), "this MODEL")
+            heads.check_fits(sites, "this MODEL")
         except HeadsFileError as e:
-            raise ValueError(f"Apply Masked Cross-Attention (heads): {e}") from None
+            fitting = heads_that_fit(sites)
+            hint = (f"heads files that fit this MODEL: {', '.join(fitting)}" if fitting else
+                    "no heads file in models/maskattn fits this MODEL: train some for it (scripts/train_heads.py)")
+            raise ValueError(f"Apply Masked Cross-Attention (heads): {e}. {hint}") from None
         provider = GateBias(heads, threshold=threshold, mode=mode, **window,
                             apply_to_uncond=apply_to_uncond, share_gates=self_attention_gating)
         gated = patching.install_bias(model, provider, heads.site_names)

@@ -136,8 +136,11 @@ def test_heads_for_another_model_are_refused(nodes_gating, tiny, tiny_models):
     with torch.inference_mode():
         wide = tiny.build_model(config=tiny.unet_config(model_channels=64))
     heads = fresh_heads(select_sites(patching.discover_sites(wide), "mid-resolution"))
-    with pytest.raises(ValueError, match=r"Apply Masked Cross-Attention \(heads\): .*query width 128 .* has 64"):
+    with pytest.raises(ValueError, match=r"Apply Masked Cross-Attention \(heads\): .*query width 128 .* has 64"
+                                         r".*heads files that fit this MODEL: .*tiny_sdxl_untrained_heads.safetensors"):
         apply(nodes_gating, tiny_models[0], heads)
+    with pytest.raises(ValueError, match="no heads file in models/maskattn fits this MODEL"):
+        apply(nodes_gating, wide, fresh_heads(select_sites(patching.discover_sites(tiny_models[0]), "mid-resolution")))
 
 
 def test_load_and_apply_inside_a_graph(run_graph, tmp_path, patching, tiny_models, mid_sites):
