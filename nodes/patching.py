@@ -16,7 +16,8 @@ Also here: the per-sampling-run state (an OUTER_SAMPLE wrapper), masked-attentio
 guidance's hold on the sampler's latent (SAMPLER_SAMPLE and CALC_COND_BATCH wrappers and
 the one scoped, restored swap of a host name, see below), and the queries that other
 modules need instead of reading ``model_options`` themselves (``providers``,
-``map_providers``, ``with_captures``, ``latent_guidance``, ``FrozenModel``).
+``map_providers``, ``with_captures``, ``without_latent_guidance``, ``latent_guidance``,
+``FrozenModel``).
 """
 from __future__ import annotations
 
