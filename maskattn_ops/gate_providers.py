@@ -14,10 +14,10 @@ from .attention import suppress
 from .gate_head import gate_bias, gated_probs, start_tokens
 from .heads import HeadSet
 from .run_state import GateRecord
+from .sites import SiteCall
 
 # What a site can compute in; fp8 (storage only) weights compute in their manual-cast dtype.
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-from .sites import SiteCall
 
 
 @dataclass
@@ -46,7 +46,6 @@ class GateBias:
     the master weights themselves, so that gradients reach them.
     """
     heads: HeadSet           # master weights, shared by every clone; never converted
-
     threshold: float = 0.5
     mode: str = "hard"
     sigma_start: float = float("inf")
