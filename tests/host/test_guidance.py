@@ -268,3 +268,99 @@ def test_guided_steps_are_counted_and_logged(nodes_regions, tiny_models, regions
         sample(guide(nodes_regions, tiny_models[0], regions, end=0.3), steps=10)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Region Mask Guidance: guided")]
     assert said == ["Region Mask Guidance: guided 3 of 10 steps"]
+
+
+def heun_step(model, x, sigmas, i, extra_args, state):
+    """k-diffusion's sample_heun step (no churn), written out."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    ones = x.new_ones([x.shape[0]])
+    d = (x - model(x, s * ones, **extra_args)) / s
+    if s_next == 0:
+        return x + d * (s_next - s)
+    x_2 = x + d * (s_next - s)
+    d_2 = (x_2 - model(x_2, s_next * ones, **extra_args)) / s_next
+    return x + (d + d_2) / 2 * (s_next - s)
+
+
+def dpmpp_2m_step(model, x, sigmas, i, extra_args, state):
+    """k-diffusion's sample_dpmpp_2m step, written out (its history is the previous
+    step's denoised)."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
+    t, t_next = -s.log(), -s_next.log()
+    h = t_next - t
+    old = state.get("denoised")
+    if old is None or s_next == 0:
+        mixed = denoised
+    else:
+        r = (t - (-sigmas[i - 1].log())) / h
+        mixed = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+    state["denoised"] = denoised
+    return (s_next / s) * x - (-h).expm1() * mixed
+
+
+def euler_ancestral_step(model, x, sigmas, i, extra_args, state):
+    """k-diffusion's sample_euler_ancestral step (eta 1), written out; its noise drawn as
+    the sampler draws it (the host's default noise sampler, seeded once per run)."""
+    from comfy.k_diffusion.sampling import default_noise_sampler
+    if "noise" not in state:
+        state["noise"] = default_noise_sampler(x, seed=extra_args.get("seed"))
+    s, s_next = sigmas[i], sigmas[i + 1]
+    denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
+    sigma_up = min(s_next, (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2) ** 0.5)
+    sigma_down = (s_next ** 2 - sigma_up ** 2) ** 0.5
+    if sigma_down == 0:
+        return denoised
+    return x + (x - denoised) / s * (sigma_down - s) + state["noise"](s, s_next) * sigma_up
+
+
+@pytest.mark.parametrize("sampler, step", [("heun", heun_step), ("dpmpp_2m", dpmpp_2m_step),
+                                           ("euler_ancestral", euler_ancestral_step)])
+def test_move_z_then_step_exactly_on_a_v_prediction_model(nodes_regions, patching, tiny, region_prompt, regions,
+                                                           encode, sampler, step):
+    """Endo's "z <- z - alpha dL/dz, then the step proceeds from it" on a v-prediction
+    model (the shapes model's parameterization), for a sampler with a second evaluation
+    per step (heun: guided at the step's first only), one with history (dpmpp_2m) and an
+    ancestral one (fresh noise each step): the node through the host's sampler equals
+    the sampler's step written out after the written-out update."""
+    import comfy.sample
+    import comfy.samplers
+    positive, _ = region_prompt
+    negative = encode("")
+    steps, cfg, alpha, seed = 6, 5.0, 0.08, 0
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.inference_mode():
+        v_model = tiny.build_model(seed=0, v_prediction=True)
+        guided = guide(nodes_regions, v_model, regions, alpha=alpha, end=0.5)
+        sigmas = comfy.samplers.calculate_sigmas(v_model.get_model_object("model_sampling"), "normal", steps)
+        node_out = comfy.sample.sample_custom(guided, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
+                                              positive, negative, latent, seed=seed)
+
+    twin = tiny.build_model(seed=0, v_prediction=True)     # outside inference mode: plain autograd
+    twin.model.requires_grad_(False)
+    capture = Capture()
+    twin = patching.install_bias(twin, capture, "all")
+    window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(0.5)
+
+    def endo_then_step(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        state = {}
+        for i in range(len(sigmas) - 1):
+            s = sigmas[i]
+            if float(s) >= window_sigma:
+                x_leaf = x.detach().clone().requires_grad_(True)
+                capture.on, capture.calls = True, []
+                with torch.enable_grad():
+                    model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
+                    capture.on = False
+                    (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
+                x = x - alpha * (1 + s ** 2) * grad        # Eq. 3 on z = x / sqrt(1 + s^2), as for EPS
+            x = step(model, x, sigmas, i, extra_args, state)
+        return x
+
+    reference = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.KSAMPLER(endo_then_step), sigmas,
+                                           positive, negative, latent, seed=seed)
+    unguided = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
+                                          positive, negative, latent, seed=seed)
+    assert (reference - unguided).abs().max() > 1e-2          # the guidance did something
+    assert_close(node_out, reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
