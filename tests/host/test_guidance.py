@@ -67,6 +67,19 @@ def endo_loss_written_out(calls, lam=0.5):
     return raw * ENDO_TERMS / terms
 
 
+def endo_update(model, x, s, extra_args, capture, alpha):
+    """Endo Eq. 3 written out: the whole guidance forward recorded by ``capture``, Eq. 2
+    on it, and z <- z - alpha dL/dz on z = x / sqrt(1 + s^2), i.e. x <- x - alpha (1 + s^2)
+    dL/dx (the same input scaling for EPS and v-prediction models)."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    capture.on, capture.calls = True, []
+    with torch.enable_grad():
+        model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
+        capture.on = False
+        (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
+    return x - alpha * (1 + s ** 2) * grad
+
+
 @pytest.mark.parametrize("sites", ["all", "encoder"])
 def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt, regions, encode,
                                              sites):
@@ -100,14 +113,7 @@ def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny
         for i in range(len(sigmas) - 1):
             s = sigmas[i]
             if float(s) >= window_sigma:
-                x_leaf = x.detach().clone().requires_grad_(True)
-                capture.on, capture.calls = True, []
-                with torch.enable_grad():
-                    model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
-                    capture.on = False
-                    (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
-                # Eq. 3 on z = x / sqrt(1 + s^2):  z <- z - alpha dL/dz  <=>  x <- x - alpha (1 + s^2) dL/dx
-                x = x - alpha * (1 + s ** 2) * grad
+                x = endo_update(model, x, s, extra_args, capture, alpha)
             denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
             x = x + (x - denoised) / s * (sigmas[i + 1] - s)          # euler
         return x
@@ -348,13 +354,7 @@ def test_move_z_then_step_exactly_on_a_v_prediction_model(nodes_regions, patchin
         for i in range(len(sigmas) - 1):
             s = sigmas[i]
             if float(s) >= window_sigma:
-                x_leaf = x.detach().clone().requires_grad_(True)
-                capture.on, capture.calls = True, []
-                with torch.enable_grad():
-                    model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
-                    capture.on = False
-                    (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
-                x = x - alpha * (1 + s ** 2) * grad        # Eq. 3 on z = x / sqrt(1 + s^2), as for EPS
+                x = endo_update(model, x, s, extra_args, capture, alpha)
             x = step(model, x, sigmas, i, extra_args, state)
         return x
 
