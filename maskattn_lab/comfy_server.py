@@ -93,5 +93,8 @@ class Host:
 
 
 def saved_images(entry: dict) -> list[tuple[str, str]]:
+    """(subfolder, file name) of each image the prompt saved, in the order of the saving
+    nodes' ids (the order the graph was written in; the history's own order is not)."""
+    outputs = sorted(entry["outputs"].items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
     return [(img.get("subfolder", ""), img["filename"])
-            for out in entry["outputs"].values() for img in out.get("images", []) if img.get("type") == "output"]
+            for _, out in outputs for img in out.get("images", []) if img.get("type") == "output"]

@@ -1,9 +1,11 @@
 """The main job: start the real ComfyUI headless with this extension loaded, run every
-shipped workflow on the demo model, and copy the images it saved to an output folder.
-The templates load an SDXL checkpoint at 1024 px; here each runs on the demo model
-instead (on_demo_model: same graph, the demo loader, 1/8 of the size, fewer steps).
+shipped template (example_workflows/, both forms), copy the images each saved to an
+output folder, and write each template's thumbnail from them. The demo forms run as
+loaded; the SDXL forms load a checkpoint at 1024 px, so here each runs on the demo model
+instead (on_demo_model: same graph, the demo loader, 1/8 of the size, fewer steps), and
+its thumbnail says so.
 
-    bash scripts/main.sh [--out output] [--workflow NAME ...]
+    bash scripts/main.sh [--out output] [--workflow NAME ...] [--thumbnails DIR]
     bash scripts/main.sh --serve [--port 8188]   # the ComfyUI UI on localhost instead
 
 The host's own log and progress bars stream to this console.
@@ -20,12 +22,12 @@ from pathlib import Path
 
 from . import cli, host
 from .comfy_server import Host, free_port, host_command, saved_images
+from .thumbnails import write_thumbnail
 from .workflow_api import ui_to_api
 
 log = logging.getLogger(__name__)
-WORKFLOWS = host.REPO / "workflows"
+WORKFLOWS = host.REPO / "example_workflows"
 DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "shapes-sdxl", "seed": 0}}
-DEMO_HEADS = "shapes_sdxl_heads_masksup.safetensors"   # gate heads trained on it with mask supervision: their maps show where words act
 DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
 DEMO_STEPS = 16
 # Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.
@@ -36,25 +38,32 @@ SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width"
 
 def on_demo_model(prompt: dict) -> dict:
     """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
-    (same MODEL, CLIP, VAE outputs), heads become the ones trained for it, sizes shrink
-    by DEMO_SCALE and samplers take DEMO_STEPS steps (the tiny model on a CPU)."""
+    (same MODEL, CLIP, VAE outputs), sizes shrink by DEMO_SCALE and samplers take
+    DEMO_STEPS steps (the tiny model on a CPU). The SDXL forms already name the demo
+    model's heads (the only heads this pack ships)."""
     out = json.loads(json.dumps(prompt))
     for node in out.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
             node.update(json.loads(json.dumps(DEMO_MODEL)))
-        elif kind == "MaskAttnLoadHeads":
-            inputs["heads_name"] = DEMO_HEADS
         elif kind == "KSampler":
             inputs["steps"] = min(inputs["steps"], DEMO_STEPS)
         for name in SPATIAL_INPUTS.get(kind, ()):
             if isinstance(inputs.get(name), int):
                 inputs[name] = max(1, inputs[name] // DEMO_SCALE)
     return out
+
+
+def loads_checkpoint(prompt: dict) -> bool:
+    return any(node["class_type"] == "CheckpointLoaderSimple" for node in prompt.values())
+
+
 def main(argv=None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("--out", type=Path, default=host.REPO / "output", help="where the PNGs go")
     parser.add_argument("--workflow", action="append", help="run only these workflows (file stem)")
+    parser.add_argument("--thumbnails", type=Path, default=WORKFLOWS,
+                        help="where each template's thumbnail <name>.jpg goes")
     parser.add_argument("--serve", action="store_true", help="serve the ComfyUI UI on localhost instead")
     parser.add_argument("--port", type=int, default=None, help="the server's port (default: 8188 with --serve, else a free one)")
     args = parser.parse_args(argv)
@@ -80,15 +89,22 @@ def main(argv=None) -> int:
             for path in workflows:
                 log.info("== %s", path.name)
                 started = time.monotonic()
-                entry = server.run(on_demo_model(ui_to_api(json.loads(path.read_text()), object_info)))
+                prompt = ui_to_api(json.loads(path.read_text()), object_info)
+                sdxl_form = loads_checkpoint(prompt)
+                entry = server.run(on_demo_model(prompt) if sdxl_form else prompt)
                 images = saved_images(entry)
                 if not images:
                     raise RuntimeError(f"{path.name} saved no image")
+                written = []
                 for subfolder, name in images:
                     target = args.out / path.stem / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(server.output_dir / subfolder / name, target)
+                    written.append(target)
                     log.info("   wrote %s", target)
+                args.thumbnails.mkdir(parents=True, exist_ok=True)
+                caption = "shown: this graph on the demo model (128 px)" if sdxl_form else None
+                log.info("   thumbnail %s", write_thumbnail(written, args.thumbnails / f"{path.stem}.jpg", caption))
                 log.info("   %s: %d image(s) in %.1f s", path.name, len(images), time.monotonic() - started)
         finally:
             server.stop()

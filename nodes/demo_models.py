@@ -156,7 +156,7 @@ class ShapesModelConfig:
     image_size: int = 128
     # v-prediction: with epsilon prediction, x0 = x - sigma * eps amplifies the UNet's
     # error by sigma (14.6 at SDXL's first step); a UNet this small and this briefly
-    # trained drew colour noise all over the image that way (docs in README)
+    # trained drew colour noise all over the image that way (docs/shapes_model.md)
     v_prediction: bool = True
     train: dict = field(default_factory=dict)     # the training run's settings, for the record
 

@@ -29,6 +29,8 @@ REQUIRED = (
     ("comfy.patcher_extension", "WrappersMP.OUTER_SAMPLE", "the per-run state"),
     ("comfy.patcher_extension", "WrappersMP.SAMPLER_SAMPLE", "Region Mask Guidance"),
     ("comfy.patcher_extension", "WrappersMP.CALC_COND_BATCH", "Region Mask Guidance"),
+    ("comfy_execution.utils", "get_executing_context", "the demo model's size warning, on the sampler's node"),
+    ("server", "PromptServer.send_progress_text", "the demo model's size warning, on the sampler's node"),
     ("comfy.k_diffusion.sampling", "trange", "Region Mask Guidance's step marker"),
     ("comfy.ldm.modules.attention", "optimized_attention", "the host's attention at unpatched calls"),
     ("comfy.ldm.modules.attention", "SpatialTransformer", "finding the sites"),
@@ -104,4 +106,4 @@ def check_host(required=REQUIRED, arguments=REQUIRED_ARGUMENTS) -> None:
     if lacking:
         raise HostTooOld(
             f"MaskAttn cannot run on this ComfyUI (version {host_version()}): it lacks "
-            + "; ".join(lacking) + ". Update ComfyUI (see the README's Compatibility table).")
+            + "; ".join(lacking) + ". Update ComfyUI (see docs/compatibility.md).")

@@ -7,7 +7,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from . import demo_models
+from . import demo_models, patching
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
                 io.Combo.Input("model", options=list(DEMO_MODELS), default=SHAPES,
                                tooltip="shapes-sdxl: trained on rendered shapes (128 px). "
                                        "tiny-sdxl-random: random weights (wiring only)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Seed of the random weights (tiny-sdxl-random only)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the random weights (used by tiny-sdxl-random only)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The UNet, like a checkpoint loader's MODEL."),
@@ -80,4 +80,6 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
             if not demo_models.SHIPPED.is_file():
                 raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {demo_models.SHIPPED} is missing; "
                                         "train it with scripts/train_shapes_model.py --out <that path>")
-            return io.NodeOutput(*demo_models.load_shapes_model(demo_models.SHIPPED))
+            model, clip, vae = demo_models.load_shapes_model(demo_models.SHIPPED)
+            side = demo_models.read_config(demo_models.SHIPPED).image_size
+            return io.NodeOutput(patching.with_trained_size(model, side, side, f"The demo model {key!r}"), clip, vae)

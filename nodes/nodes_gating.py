@@ -9,6 +9,7 @@ from ..maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
 from .model_folders import HEADS_FOLDER, heads_file_names, heads_that_fit
+from .widget_hints import newer_schema_fields, used_when
 
 CATEGORY = "MaskAttn"
 Heads = io.Custom("MASKATTN_HEADS")
@@ -32,6 +33,7 @@ class MaskAttnLoadHeads(io.ComfyNode):
                                        "(shapes_sdxl_heads*) are made for the demo model."),
             ],
             outputs=[Heads.Output(display_name="HEADS", tooltip="The gate heads, for Apply Masked Cross-Attention.")],
+            **newer_schema_fields(search_aliases=["maskattn heads", "gate heads", "masked attention"]),
         )
 
     @classmethod
@@ -58,8 +60,9 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL model to gate."),
                 Heads.Input("heads", tooltip="Gate heads from Load MaskAttn Heads, made for this model."),
-                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="Probability at which a token is kept (hard mode). The paper uses 0.5."),
+                used_when(io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                                         tooltip="Probability at which a token is kept. The paper uses 0.5."),
+                          "mode", "hard"),
                 io.Combo.Input("mode", options=list(GATE_MODES), default="hard",
                                tooltip="hard: binary gate (the paper). soft: log-probability bias, no threshold."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -74,6 +77,8 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
                                          "token claims. Uses the previous step's gates (beyond the paper)."),
             ],
             outputs=[io.Model.Output(tooltip="The gated model.")],
+            **newer_schema_fields(search_aliases=["masked attention", "maskattn", "cross-attention gating",
+                                                  "learned gates", "attention mask"]),
         )
 
     @classmethod

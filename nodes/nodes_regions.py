@@ -10,6 +10,7 @@ from ..maskattn_ops.regions import Region, WordNotInPrompt, box_mask, check_mask
 from ..maskattn_ops.sites import SITE_SETS, select_sites
 from . import patching
 from . import text as prompt_text   # (the node's input is named text)
+from .widget_hints import newer_schema_fields, unused_when_linked, used_when
 
 CATEGORY = "MaskAttn/regions"
 Prompt = io.Custom("MASKATTN_PROMPT")
@@ -62,16 +63,21 @@ class MaskAttnBindRegion(io.ComfyNode):
                                 "commas separate several (e.g. 'red circle, ball')."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="Weight of this region in the guidance."),
-                io.Int.Input("x", default=0, min=0, max=16384, step=8, tooltip="Box left edge, in pixels (used when no mask is connected)."),
-                io.Int.Input("y", default=0, min=0, max=16384, step=8, tooltip="Box top edge, in pixels."),
-                io.Int.Input("width", default=512, min=0, max=16384, step=8, tooltip="Box width, in pixels."),
-                io.Int.Input("height", default=512, min=0, max=16384, step=8, tooltip="Box height, in pixels."),
-                io.Int.Input("image_width", default=1024, min=8, max=16384, step=8, tooltip="Width of the image the box is in."),
-                io.Int.Input("image_height", default=1024, min=8, max=16384, step=8, tooltip="Height of the image the box is in."),
-                io.Mask.Input("mask", optional=True, tooltip="The region; when connected, the box is ignored."),
+                *(unused_when_linked(box, "mask") for box in (
+                    io.Int.Input("x", default=0, min=0, max=16384, step=8, tooltip="Box left edge, in pixels."),
+                    io.Int.Input("y", default=0, min=0, max=16384, step=8, tooltip="Box top edge, in pixels."),
+                    io.Int.Input("width", default=512, min=0, max=16384, step=8, tooltip="Box width, in pixels."),
+                    io.Int.Input("height", default=512, min=0, max=16384, step=8, tooltip="Box height, in pixels."),
+                    io.Int.Input("image_width", default=1024, min=8, max=16384, step=8,
+                                 tooltip="Width of the image the box is in (a box for another image shape is refused)."),
+                    io.Int.Input("image_height", default=1024, min=8, max=16384, step=8,
+                                 tooltip="Height of the image the box is in."))),
+                io.Mask.Input("mask", optional=True, tooltip="The region (any size, values 0 to 1); when connected, "
+                                                             "the box widgets are ignored (greyed out)."),
                 Regions.Input("regions", optional=True, tooltip="Regions bound so far, to add this one to."),
             ],
             outputs=[Regions.Output(display_name="REGIONS", tooltip="The regions, for Region Mask Guidance.")],
+            **newer_schema_fields(search_aliases=["region mask", "regional prompt", "mask to words", "box"]),
         )
 
     @classmethod
@@ -109,13 +115,17 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                 Regions.Input("regions", tooltip="From Bind Region to Words."),
                 io.Combo.Input("mode", options=list(REGION_MODES), default="guidance",
                                tooltip="How the regions act: guidance (the paper's method), swapping or paint-with-words."),
-                io.Float.Input("alpha", default=0.08, min=0.0, max=10.0, step=0.01,
-                               tooltip="Guidance step size (Endo: 0.08). The loss is rescaled so alpha means "
-                                       "the same at any resolution and layer count."),
-                io.Float.Input("lam", default=0.5, min=0.0, max=10.0, step=0.05, display_name="lambda",
-                               tooltip="Guidance: weight of the penalty for attention outside the region (Endo: 0.5)."),
-                io.Float.Input("weight", default=0.3, min=0.0, max=5.0, step=0.05,
-                               tooltip="w' of paint-with-words (the papers use 0.3)."),
+                used_when(io.Float.Input("alpha", default=0.08, min=0.0, max=10.0, step=0.01,
+                                         tooltip="Guidance step size (Endo: 0.08). The loss is rescaled so alpha "
+                                                 "means the same at any resolution and layer count."),
+                          "mode", "guidance"),
+                used_when(io.Float.Input("lam", default=0.5, min=0.0, max=10.0, step=0.05, display_name="lambda",
+                                         tooltip="Weight of the penalty for attention outside the region (Endo's "
+                                                 "lambda: 0.5)."),
+                          "mode", "guidance"),
+                used_when(io.Float.Input("weight", default=0.3, min=0.0, max=5.0, step=0.05,
+                                         tooltip="w' of paint-with-words (the papers use 0.3)."),
+                          "mode", "paint-with-words"),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which the regions start to act."),
                 io.Float.Input("end_percent", default=0.3, min=0.0, max=1.0, step=0.01,
@@ -127,6 +137,9 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                                 tooltip="Instead of 'sites': site names, comma-separated (e.g. input.4.0, output.3.1)."),
             ],
             outputs=[io.Model.Output(tooltip="The steered model.")],
+            **newer_schema_fields(search_aliases=[
+                "region guidance", "masked attention guidance", "regional prompting", "attention mask",
+                "layout guidance", "masked-attention swapping", "paint with words"]),
         )
 
     @classmethod

@@ -13,6 +13,7 @@ from ..maskattn_ops.sites import SITE_SETS, select_sites
 from .nodes_regions import Prompt, Regions
 from .patching import discover_sites
 from .visualize import capture_maps
+from .widget_hints import newer_schema_fields, used_when
 
 CATEGORY = "MaskAttn"
 SHOW = ("gate probability", "gate (hard)", "attention")
@@ -74,13 +75,17 @@ class MaskAttnVisualizeGates(io.ComfyNode):
                 io.Combo.Input("sites", options=list(SITE_SETS), default="mid-resolution", tooltip="Which sites to show."),
                 io.Float.Input("step_percent", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Where in the schedule to evaluate (the latent is noised to that sigma)."),
-                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, tooltip="Threshold of 'gate (hard)'."),
+                used_when(io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                                         tooltip="Gate probability at which a token counts as kept."),
+                          "show", "gate (hard)"),
                 io.Float.Input("cfg", default=5.0, min=1.0, max=30.0, step=0.1, tooltip="CFG of the evaluation."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, tooltip="Noise seed of the evaluation."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False,
+                             tooltip="Noise seed of the evaluation."),
                 io.Image.Input("image", optional=True, tooltip="Drawn under the heatmaps (e.g. the decoded result)."),
                 Regions.Input("regions", optional=True, tooltip="Bound regions, outlined on every tile."),
             ],
             outputs=[io.Image.Output(tooltip="One image per latent batch item: rows of words, columns of sites or levels.")],
+            **newer_schema_fields(search_aliases=["attention map", "cross-attention heatmap", "gate map", "maskattn"]),
         )
 
     @classmethod

@@ -14,7 +14,8 @@ replace from another pack at the same site is chained, not dropped. Self-attenti
 
 Also here: the per-sampling-run state (an OUTER_SAMPLE wrapper), masked-attention
 guidance's hold on the sampler's latent (SAMPLER_SAMPLE and CALC_COND_BATCH wrappers and
-the one scoped, restored swap of a host name, see below), and the queries that other
+the one scoped, restored swap of a host name, see below), the demo model's size warning,
+and the queries that other
 modules need instead of reading ``model_options`` themselves (``providers``,
 ``map_providers``, ``with_captures``, ``without_latent_guidance``, ``latent_guidance``,
 ``FrozenModel``).
@@ -34,6 +35,8 @@ import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.ldm.modules.attention as host_attention
 import comfy.model_patcher
 import comfy.patcher_extension
+import comfy_execution.utils
+import server
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 from comfy.model_patcher import ModelPatcher
 
@@ -269,6 +272,41 @@ def with_run_state(model: ModelPatcher) -> ModelPatcher:
     if not model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY):
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_STATE_KEY, _run_state_wrapper)
     return model
+
+
+# --- The demo model's trained size --------------------------------------------------------
+
+LATENT_FACTOR = 8     # image pixels per latent cell (SDXL's VAE, and the demo models' TAESD)
+TRAINED_SIZE_KEY = "maskattn_trained_size"
+
+
+def tell_user(text: str) -> None:
+    """Logs ``text`` and, when a server runs and a node is executing, shows it on that
+    node in the UI (the host's progress-text message; the sampler's node while sampling)."""
+    log.warning(text)
+    prompt_server = getattr(server.PromptServer, "instance", None)
+    context = comfy_execution.utils.get_executing_context()
+    if prompt_server is not None and context is not None:
+        prompt_server.send_progress_text(text, context.node_id)
+
+
+def _trained_size_wrapper(trained: tuple[int, int], model_name: str, executor, noise, latent_image, *args, **kwargs):
+    """OUTER_SAMPLE: says when the latent is not the size the model was trained at
+    (a model that small draws noise elsewhere, and a large latent is slow on it)."""
+    height, width = (int(n) * LATENT_FACTOR for n in latent_image.shape[-2:])
+    if (height, width) != trained:
+        tell_user(f"{model_name} was trained at {trained[1]}x{trained[0]} px and is sampling at {width}x{height} px: "
+                  f"expect shapeless colour, and about {height * width / (trained[0] * trained[1]):.0f}x the time "
+                  f"per step. Set the latent to {trained[1]}x{trained[0]} (Empty Latent Image).")
+    return executor(noise, latent_image, *args, **kwargs)
+
+
+def with_trained_size(model: ModelPatcher, height: int, width: int, model_name: str) -> ModelPatcher:
+    """A clone of ``model`` that warns (log and UI) when sampled at another image size."""
+    patched = model.clone()
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, TRAINED_SIZE_KEY,
+                                 functools.partial(_trained_size_wrapper, (height, width), model_name))
+    return patched
 
 
 # --- Masked-attention guidance: moving the sampler's own latent (Endo Eq. 3) ------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (idempotent), start the real ComfyUI headless with this extension loaded, run
-# every shipped workflow in workflows/ on the demo model, and write the PNGs to
+# every shipped template in example_workflows/ (thumbnails beside them), and write the PNGs to
 # output/ (or the folder given). `--serve` instead serves the ComfyUI UI on localhost.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

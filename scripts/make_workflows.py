@@ -1,4 +1,4 @@
-"""Write the UI-format workflow templates in workflows/.
+"""Write the UI-format workflow templates in example_workflows/ (both forms of each).
 
 Thin CLI over the lab: the options are in maskattn_lab/make_workflows.py (`--help` lists them with
 their defaults). Runs in the project's venv (scripts/setup.sh), where `maskattn_lab` and

@@ -1,11 +1,21 @@
-// Loads each of our workflow templates in ComfyUI's real frontend (Debian's Chromium,
-// headless), checks that no node is missing, converts the graph with the frontend's own
-// app.graphToPrompt(), and saves a screenshot. Prints one JSON line per template:
-// {"name", "missing": [...], "prompt": <API prompt>}.
-// usage: node load_templates.mjs <server url> <pack> <screenshot dir> <name>...
+// Drives ComfyUI's real frontend (Debian's Chromium, headless) over our workflow templates.
+// For each template: load it from the server's template route, list missing nodes,
+// overlapping nodes and the widgets our extension greys out, convert the graph with the
+// frontend's own app.graphToPrompt(), and, for the demo forms (--queue), click Run and
+// wait until every Save Image node shows its images. Saves a screenshot per
+// template, and one of the template browser showing our pack. Prints one JSON line per
+// template: {"name", "missing", "overlaps", "greyed", "prompt", "queued", "shown"}.
+// usage: node load_templates.mjs <server url> <pack> <category title> <screenshot dir> [--queue <name>]... <name>...
 import { chromium } from "playwright-core";
 
-const [url, pack, shots, ...names] = process.argv.slice(2);
+const [url, pack, categoryTitle, shots, ...rest] = process.argv.slice(2);
+const queue = new Set();
+const names = [];
+for (let i = 0; i < rest.length; i++) {
+  if (rest[i] === "--queue") queue.add(rest[++i]);
+  else names.push(rest[i]);
+}
+
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -16,19 +26,72 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => window.app && window.app.extensionManager && window.app.graph, null, { timeout: 120000 });
   await page.waitForSelector(".p-blockui-mask", { state: "hidden", timeout: 60000 }).catch(() => {});
+
+  // The template browser, on our pack's category: what a newcomer opens first.
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  const category = page.getByText(categoryTitle, { exact: true }).first();
+  await category.click({ timeout: 30000 });
+  await page.waitForTimeout(2500);      // thumbnails load
+  // each card scrolled into view (thumbnails load lazily), then: did its image load?
+  const cards = await page.evaluate(async () => {
+    const loaded = (card) => [...card.querySelectorAll("img")].some((img) => img.complete && img.naturalWidth > 0);
+    const out = [];
+    for (const card of document.querySelectorAll('[data-testid^="template-workflow-"]')) {
+      card.scrollIntoView();
+      for (let waited = 0; waited < 10000 && !loaded(card); waited += 100) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      out.push({ name: card.dataset.testid.slice("template-workflow-".length), thumbnail: loaded(card) });
+    }
+    document.querySelector('[data-testid^="template-workflow-"]')?.scrollIntoView();
+    return out;
+  });
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: `${shots}/template_browser.png` });
+  console.log(JSON.stringify({ browser_cards: cards }));
+  await page.keyboard.press("Escape");
+
   for (const name of names) {
     const result = await page.evaluate(async ([pack, name]) => {
-      const response = await fetch(`/api/workflow_templates/${pack}/${name}.json`);
+      const response = await fetch(`/api/workflow_templates/${encodeURIComponent(pack)}/${encodeURIComponent(name)}.json`);
       const workflow = await response.json();
       await window.app.loadGraphData(workflow);
-      const missing = window.app.graph.nodes
+      const nodes = window.app.graph.nodes;
+      const missing = nodes
         .filter((n) => n.has_errors || !window.LiteGraph.registered_node_types[n.type])
         .map((n) => n.type);
       const dialog = document.querySelector('.p-dialog[aria-labelledby="global-load-workflow-warning"]');
       if (dialog) missing.push("missing-nodes dialog: " + dialog.innerText.slice(0, 300));
+      // node rectangles as drawn (the title bar sits above pos)
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT;
+      const box = (n) => [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+      const overlaps = [];
+      for (let i = 0; i < nodes.length; i++) {
+        for (let j = i + 1; j < nodes.length; j++) {
+          const [a, b] = [box(nodes[i]), box(nodes[j])];
+          if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) {
+            overlaps.push(`${nodes[i].title || nodes[i].type} / ${nodes[j].title || nodes[j].type}`);
+          }
+        }
+      }
+      const greyed = nodes.flatMap((n) => (n.widgets ?? []).filter((w) => w.disabled)
+        .map((w) => `${n.title || n.type}.${w.name}`));
       const { output } = await window.app.graphToPrompt();
-      return { name, missing, prompt: output };
+      return { name, missing, overlaps, greyed, prompt: output };
     }, [pack, name]);
+    result.queued = false;
+    result.shown = 0;
+    if (queue.has(name)) {
+      await page.locator('[data-testid="queue-button"]').first().click({ timeout: 30000 });   // the Run button
+      result.queued = true;
+      const saveNodes = await page.evaluate(() => window.app.graph.nodes.filter((n) => n.type === "SaveImage").length);
+      await page.waitForFunction(
+        () => window.app.graph.nodes.filter((n) => n.type === "SaveImage").every((n) => (n.imgs?.length ?? 0) > 0),
+        null, { timeout: 300000, polling: 500 });
+      result.shown = saveNodes;
+      await page.waitForTimeout(500);
+    }
+    await page.evaluate(() => window.app.canvas.ds && window.app.graph.setDirtyCanvas(true, true));
     await page.waitForTimeout(500);
     await page.screenshot({ path: `${shots}/${name}.png` });
     console.log(JSON.stringify(result));

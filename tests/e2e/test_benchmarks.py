@@ -1,6 +1,6 @@
 """The benchmark script: its memory meter, and one run of it on the tiny model through the
 real host (a wiring check: the speed figures themselves come from the full-size model,
-see README "Speed"; no timing is asserted here)."""
+see docs/speed.md; no timing is asserted here)."""
 from __future__ import annotations
 
 import re

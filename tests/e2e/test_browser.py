@@ -1,34 +1,60 @@
-"""The workflow templates in ComfyUI's real frontend, in Debian's Chromium: each loads
-with no missing node, converts with the frontend's own app.graphToPrompt(), and that
-prompt runs to the end on the real server (on the demo model: the same substitution as
-the main job). A screenshot per template lands in output/screenshots/."""
+"""The workflow templates in ComfyUI's real frontend, in Debian's Chromium: the template
+browser lists every one of them under our pack with its thumbnail; each loads with no
+missing node and no node covering another, greys out the widgets its choices leave
+unused, and converts with the frontend's own app.graphToPrompt(). Each demo form is
+queued with the Run button and its images appear on its Save Image nodes; each SDXL
+form's prompt runs on the real server on the demo model (the main job's substitution).
+Screenshots land in output/screenshots/ (the README's come from there)."""
 import json
 import subprocess
 
 from maskattn_lab.comfy_server import Host, free_port, saved_images
 from maskattn_lab.host import PACKAGE, REPO
-from maskattn_lab.run_workflows import on_demo_model
+from maskattn_lab.run_workflows import WORKFLOWS, loads_checkpoint, on_demo_model
 
 SCRIPT = REPO / "tests" / "browser" / "load_templates.mjs"
+CATEGORY = json.loads((REPO / "locales" / "en" / "main.json").read_text())["templateWorkflows"]["category"][PACKAGE]
+BOX = ("x", "y", "width", "height", "image_width", "image_height")
 
 
-def test_templates_load_convert_and_run_in_the_real_frontend(host, tmp_path):
-    names = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+def test_templates_in_the_real_frontend(host, tmp_path):
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    demo = [n for n in names if "(demo model" in n]
+    assert len(demo) * 2 == len(names), names           # every template in both forms
     shots = REPO / "output" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     server = Host(host, free_port(), tmp_path)
     try:
         server.wait_ready()
-        result = subprocess.run(["node", str(SCRIPT), server.url, PACKAGE, str(shots), *names],
-                                capture_output=True, text=True, timeout=600)
+        queue = [arg for name in demo for arg in ("--queue", name)]
+        result = subprocess.run(["node", str(SCRIPT), server.url, PACKAGE, CATEGORY, str(shots), *queue, *names],
+                                capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, result.stderr[-4000:]
-        loaded = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        cards = {c["name"]: c["thumbnail"] for c in lines[0]["browser_cards"]}
+        assert sorted(cards) == names and all(cards.values()), cards
+        loaded = lines[1:]
         assert [r["name"] for r in loaded] == names
         for r in loaded:
-            assert r["missing"] == [], (r["name"], r["missing"])
-            entry = server.run(on_demo_model(r["prompt"]))
-            assert entry["status"]["status_str"] == "success", r["name"]
-            assert saved_images(entry), r["name"]
-            assert (shots / f"{r['name']}.png").stat().st_size > 10_000
+            name = r["name"]
+            assert r["missing"] == [], (name, r["missing"])
+            assert r["overlaps"] == [], (name, r["overlaps"])
+            if name.startswith("Two-region guidance"):        # masks connected: both boxes greyed
+                assert sorted(r["greyed"]) == sorted([f"Bind Region to Words.{w}" for w in BOX] * 2
+                                                     + ["Region Mask Guidance.weight"]), r["greyed"]
+            if name.startswith("Guidance vs swapping"):       # boxes used; each mode greys what it ignores
+                assert sorted(r["greyed"]) == sorted([
+                    "Region Mask Guidance: guidance.weight",
+                    "Region Mask Guidance: swapping.alpha", "Region Mask Guidance: swapping.lam",
+                    "Region Mask Guidance: swapping.weight",
+                    "Region Mask Guidance: paint-with-words.alpha", "Region Mask Guidance: paint-with-words.lam"]), r["greyed"]
+            if name in demo:
+                assert not loads_checkpoint(r["prompt"]), name
+                assert r["queued"] and r["shown"] >= 1, (name, r)
+            else:
+                entry = server.run(on_demo_model(r["prompt"]))
+                assert entry["status"]["status_str"] == "success", name
+                assert saved_images(entry), name
+            assert (shots / f"{name}.png").stat().st_size > 10_000
     finally:
         server.stop()

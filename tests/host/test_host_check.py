@@ -9,7 +9,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-HOST_ROOTS = ("comfy", "comfy_api", "folder_paths")
+HOST_ROOTS = ("comfy", "comfy_api", "comfy_execution", "folder_paths", "server")
 
 
 def host_names_used(path: Path) -> set[tuple[str, str]]:
