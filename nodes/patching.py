@@ -9,8 +9,10 @@ PROJECTED q, k, v and returns the attention output before ``to_out``.
 A site's replace (``SiteAttention``) asks each of its providers for an additive logit
 bias (and, for swapping, a probability edit) for this call and runs
 ``maskattn_ops.attention``. Stacked nodes of ours add providers to the same object; a
-replace from another pack at the same site is chained, not dropped. Self-attention
-(attn1) replaces work the same way.
+replace from another pack at the same site is chained, not dropped: one installed
+before ours at install time, one installed after ours at each run
+(``restore_overwritten_sites``); IPAdapter-style packs ``add()`` their term to ours.
+Self-attention (attn1) replaces work the same way.
 
 Also here: the per-sampling-run state (an OUTER_SAMPLE wrapper), masked-attention
 guidance's hold on the sampler's latent (SAMPLER_SAMPLE and CALC_COND_BATCH wrappers and
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 RUN_STATE_KEY = "maskattn_run"
 CAPTURES_KEY = "maskattn_captures"
 GUIDANCE_KEY = "maskattn_guidance"
+# our replaces by (layer, site key), beside patches_replace: a pack that installs its own
+# replace at one of our keys AFTER us overwrites ours there, and each run puts ours back
+# in front of it (see restore_overwritten_sites)
+SITES_KEY = "maskattn_sites"
 ATTENTION_LAYERS = ("attn1", "attn2")   # self-attention, cross-attention
 
 
@@ -118,14 +124,36 @@ class SiteAttention:
     change our bias makes to plain attention is added to its output, so both apply.
     """
 
-    def __init__(self, site: Site, providers: Iterable[BiasProvider] = (), chained: Callable | None = None):
+    def __init__(self, site: Site, providers: Iterable[BiasProvider] = (), chained: Callable | None = None,
+                 addons: Iterable[tuple[Callable, dict]] = ()):
         self.site = site
         self.providers = list(providers)
         self.chained = chained
+        self.addons = list(addons)
 
     def with_provider(self, provider: BiasProvider) -> "SiteAttention":
         """A new replace with one more provider (the installed one stays as it was)."""
-        return SiteAttention(self.site, [*self.providers, provider], self.chained)
+        return SiteAttention(self.site, [*self.providers, provider], self.chained, self.addons)
+
+    def in_front_of(self, other: Callable) -> "SiteAttention":
+        """This replace with ``other`` (a pack's replace that overwrote it) chained."""
+        return SiteAttention(self.site, self.providers, other, self.addons)
+
+    def add(self, callback: Callable, **kwargs) -> None:
+        """The Attn2Replace protocol of IPAdapter_plus, PuLID and InstantID: a pack that
+        finds a replace at its key calls ``add`` instead of installing its own. Its
+        callback's term is added to our output within its sigma window, as their own
+        replace would add it to plain attention's."""
+        self.addons.append((callback, kwargs))
+
+    def _add_addons(self, out, q, k, v, extra_options):
+        if not self.addons:
+            return out
+        sigma = extra_options["sigmas"].detach().cpu()[0].item() if "sigmas" in extra_options else float("inf")
+        for callback, kwargs in self.addons:
+            if kwargs.get("sigma_start", float("inf")) >= sigma >= kwargs.get("sigma_end", 0.0):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def bias(self, call: SiteCall) -> torch.Tensor | None:
         biases = [b for b in (p(call) for p in self.providers) if b is not None]
@@ -158,16 +186,17 @@ class SiteAttention:
         heads = extra_options["n_heads"]
         changed = bias is not None or edits != (None, None)
         if self.chained is None:
-            return self.attention(q, k, v, heads, bias, edits) if changed else host_attention_op(q, k, v, extra_options)
-        out = self.chained(q, k, v, extra_options)
-        if not changed:
-            return out
-        return out + (self.attention(q, k, v, heads, bias, edits) - biased_attention(q, k, v, heads))
+            out = self.attention(q, k, v, heads, bias, edits) if changed else host_attention_op(q, k, v, extra_options)
+        else:
+            out = self.chained(q, k, v, extra_options)
+            if changed:
+                out = out + (self.attention(q, k, v, heads, bias, edits) - biased_attention(q, k, v, heads))
+        return self._add_addons(out, q, k, v, extra_options)
 
     # The host deep-copies model_options on every clone(): share the providers (they
-    # may hold weights) and copy only the list, so clones stay independent and cheap.
+    # may hold weights) and copy only the lists, so clones stay independent and cheap.
     def __deepcopy__(self, memo):
-        return SiteAttention(self.site, self.providers, copy.deepcopy(self.chained, memo))
+        return SiteAttention(self.site, self.providers, copy.deepcopy(self.chained, memo), self.addons)
 
     def to(self, device):
         """Called by the host when the model moves; providers move in place."""
@@ -239,8 +268,10 @@ def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Itera
     left untouched. ``sites``: "mid-resolution", "all", or site names ("input.4.0")."""
     if layer not in ATTENTION_LAYERS:
         raise ValueError(f"layer must be one of {ATTENTION_LAYERS}, got {layer!r}")
-    patched = model.clone()
-    replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get(layer, {})
+    patched = with_run_state(model.clone())
+    options = patched.model_options["transformer_options"]
+    replaces = options.get("patches_replace", {}).get(layer, {})
+    ours = dict(options.get(SITES_KEY, {}))          # a new dict: clones may share the old one
     for site in select_sites(discover_sites(model), sites):
         # The host tries (block, id, index) before (block, id): chain whichever it would run.
         existing = replaces.get(site.key, replaces.get(site.key[:2]))
@@ -249,17 +280,50 @@ def install_bias(model: ModelPatcher, provider: BiasProvider, sites: str | Itera
         else:
             op = SiteAttention(site, [provider], chained=existing)
         patched.set_model_patch_replace(op, layer, *site.key)
+        ours[(layer, site.key)] = op
+    # (not into `options`: set_model_patch_replace may have put a new dict in its place)
+    patched.model_options["transformer_options"][SITES_KEY] = ours
     return patched
+
+
+def restore_overwritten_sites(transformer_options: dict) -> list[str]:
+    """Puts our replaces back in front of what other packs installed at our sites AFTER
+    us, in this run's options (a copy): a replace at our (block, id, index) key overwrote
+    ours, and one at the (block, id) key never runs while ours holds the longer key (the
+    host prefers it). Theirs is chained behind ours, so both act, as when they came first.
+    Returns the sites changed, for the log."""
+    restored = []
+    replaces = transformer_options.get("patches_replace", {})
+    for (layer, key), ours in transformer_options.get(SITES_KEY, {}).items():
+        at_layer = replaces.get(layer)
+        if not at_layer:
+            continue
+        current, short = at_layer.get(key), at_layer.get(key[:2])
+        if current is None or isinstance(current, SiteAttention):
+            theirs = short if current is ours and short is not None and ours.chained is None else None
+        else:
+            theirs = current
+        if theirs is not None:
+            at_layer = replaces[layer] = dict(at_layer)
+            at_layer[key] = ours.in_front_of(theirs)
+            restored.append(f"{layer} {ours.site.name}")
+    return restored
 
 
 def _run_state_wrapper(executor, *args, **kwargs):
     """OUTER_SAMPLE: a fresh RunState for this sampling run (providers pass data from one
-    site call to a later one through it), dropped when the run ends, however it ends."""
+    site call to a later one through it), dropped when the run ends, however it ends; and
+    our replaces back in front of any another pack installed after them."""
     guider = executor.class_obj
     original = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
     options = guider.model_options["transformer_options"]
     options[RUN_STATE_KEY] = RunState(captures=options.get(CAPTURES_KEY))
+    options["patches_replace"] = dict(options.get("patches_replace", {}))     # this run's own
+    restored = restore_overwritten_sites(options)
+    if restored:
+        log.info("MaskAttn: another pack's attention replace came after ours at %d site(s) (%s, ...); "
+                 "ours runs in front of it, both act", len(restored), restored[0])
     try:
         return executor(*args, **kwargs)
     finally:
