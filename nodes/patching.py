@@ -291,22 +291,21 @@ def restore_overwritten_sites(transformer_options: dict) -> list[str]:
     us, in this run's options (a copy): a replace at our (block, id, index) key overwrote
     ours, and one at the (block, id) key never runs while ours holds the longer key (the
     host prefers it). Theirs is chained behind ours, so both act, as when they came first.
-    Returns the sites changed, for the log."""
+    Edits ``transformer_options`` in place: pass the run's own copy (the host's
+    create_model_options_clone copies every nested dict). Returns the sites changed."""
     restored = []
     replaces = transformer_options.get("patches_replace", {})
     for (layer, key), ours in transformer_options.get(SITES_KEY, {}).items():
-        at_layer = replaces.get(layer)
-        if not at_layer:
-            continue
+        at_layer = replaces.get(layer, {})
         current, short = at_layer.get(key), at_layer.get(key[:2])
-        if current is None or isinstance(current, SiteAttention):
-            theirs = short if current is ours and short is not None and ours.chained is None else None
+        if current is not None and not isinstance(current, SiteAttention):
+            theirs = current            # it overwrote ours at our key
+        elif current is ours and short is not None and ours.chained is None:
+            theirs = short              # at the short key, after ours (before ours, we chained it)
         else:
-            theirs = current
-        if theirs is not None:
-            at_layer = replaces[layer] = dict(at_layer)
-            at_layer[key] = ours.in_front_of(theirs)
-            restored.append(f"{layer} {ours.site.name}")
+            continue
+        at_layer[key] = ours.in_front_of(theirs)
+        restored.append(f"{layer} {ours.site.name}")
     return restored
 
 
@@ -319,7 +318,6 @@ def _run_state_wrapper(executor, *args, **kwargs):
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
     options = guider.model_options["transformer_options"]
     options[RUN_STATE_KEY] = RunState(captures=options.get(CAPTURES_KEY))
-    options["patches_replace"] = dict(options.get("patches_replace", {}))     # this run's own
     restored = restore_overwritten_sites(options)
     if restored:
         log.info("MaskAttn: another pack's attention replace came after ours at %d site(s) (%s, ...); "
