@@ -80,50 +80,70 @@ def endo_update(model, x, s, extra_args, capture, alpha):
     return x - alpha * (1 + s ** 2) * grad
 
 
-@pytest.mark.parametrize("sites", ["all", "encoder"])
-def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt, regions, encode,
-                                             sites):
-    """Reference: ComfyUI's model, DDIM (= euler without a mask), 10 steps, guided while
-    sigma is in the window; the loop below applies Eq. 3 to z = x / sqrt(1 + sigma^2)
-    plainly, its guidance forward running the whole UNet. The node, through the real
-    sampler, must give the same final latent (with "encoder", from a pass it ends after
-    the input blocks)."""
+def euler_step(model, x, sigmas, i, extra_args, state):
+    """One euler step (= DDIM without a mask), written out."""
+    s = sigmas[i]
+    denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
+    return x + (x - denoised) / s * (sigmas[i + 1] - s)
+
+
+def node_and_written_out(nodes_regions, patching, tiny, regions, region_prompt, encode, *, sampler, step, steps,
+                         end, sites="all", v_prediction=False, alpha=0.08, cfg=5.0, seed=0):
+    """The same run twice, on the tiny model (seed 0): Region Mask Guidance through the
+    host's ``sampler``, and written out: Endo's update (``endo_update``, its guidance
+    forward running the whole UNet on a twin built outside inference mode: plain
+    autograd) while sigma is in the window, then ``step``. Also the unguided run.
+    Returns (node, written out, unguided) final latents."""
     import comfy.sample
     import comfy.samplers
     positive, _ = region_prompt
     negative = encode("")
-    steps, cfg, alpha, seed = 10, 5.0, 0.08, 0
     latent = torch.zeros(1, 4, 16, 16)
     noise = comfy.sample.prepare_noise(latent, seed)
-
     with torch.inference_mode():
-        guided = guide(nodes_regions, tiny_models[0], regions, alpha=alpha, end=0.3, sites=sites)
-        sampler = comfy.samplers.sampler_object("ddim")
-        sigmas = comfy.samplers.calculate_sigmas(tiny_models[0].get_model_object("model_sampling"), "normal", steps)
-        node_out = comfy.sample.sample_custom(guided, noise, cfg, sampler, sigmas, positive, negative, latent, seed=seed)
+        model = tiny.build_model(seed=0, v_prediction=v_prediction)
+        guided = guide(nodes_regions, model, regions, alpha=alpha, end=end, sites=sites)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+        node_out = comfy.sample.sample_custom(guided, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
+                                              positive, negative, latent, seed=seed)
 
-    # the reference runs on a twin model built outside inference mode: plain autograd
-    twin = tiny.build_model(seed=0)
+    twin = tiny.build_model(seed=0, v_prediction=v_prediction)
     twin.model.requires_grad_(False)                     # frozen, as a sampled model is
     capture = Capture()
     twin = patching.install_bias(twin, capture, sites)
-    window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(0.3)
+    window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(end)
 
-    def endo_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def endo_then_step(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        state = {}
         for i in range(len(sigmas) - 1):
             s = sigmas[i]
             if float(s) >= window_sigma:
                 x = endo_update(model, x, s, extra_args, capture, alpha)
-            denoised = model(x, s * x.new_ones([x.shape[0]]), **extra_args)
-            x = x + (x - denoised) / s * (sigmas[i + 1] - s)          # euler
+            x = step(model, x, sigmas, i, extra_args, state)
         return x
 
-    reference = comfy.samplers.KSAMPLER(endo_ddim)
-    ref_out = comfy.sample.sample_custom(twin, noise, cfg, reference, sigmas, positive, negative, latent, seed=seed)
-    unguided = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.sampler_object("ddim"), sigmas,
+    reference = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.KSAMPLER(endo_then_step), sigmas,
+                                           positive, negative, latent, seed=seed)
+    unguided = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
                                           positive, negative, latent, seed=seed)
-    assert (ref_out - unguided).abs().max() > 1e-2          # the guidance did something
-    assert_close(node_out, ref_out, rtol=1e-3, atol=1e-3 * ref_out.abs().max().item())
+    return node_out, reference, unguided
+
+
+def assert_node_equals_written_out(node_out, reference, unguided):
+    assert (reference - unguided).abs().max() > 1e-2          # the guidance did something
+    assert_close(node_out, reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("sites", ["all", "encoder"])
+def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, region_prompt, regions, encode, sites):
+    """Reference: ComfyUI's model, DDIM (= euler without a mask), 10 steps, guided while
+    sigma is in the window; Eq. 3 applied to z = x / sqrt(1 + sigma^2) plainly, its
+    guidance forward running the whole UNet. The node, through the real sampler, must
+    give the same final latent (with "encoder", from a pass it ends after the input
+    blocks)."""
+    assert_node_equals_written_out(*node_and_written_out(
+        nodes_regions, patching, tiny, regions, region_prompt, encode,
+        sampler="ddim", step=euler_step, steps=10, end=0.3, sites=sites))
 
 
 def words_mass_inside(patching, model, sample, steps=6, at_percent=0.5):
@@ -329,38 +349,6 @@ def test_move_z_then_step_exactly_on_a_v_prediction_model(nodes_regions, patchin
     per step (heun: guided at the step's first only), one with history (dpmpp_2m) and an
     ancestral one (fresh noise each step): the node through the host's sampler equals
     the sampler's step written out after the written-out update."""
-    import comfy.sample
-    import comfy.samplers
-    positive, _ = region_prompt
-    negative = encode("")
-    steps, cfg, alpha, seed = 6, 5.0, 0.08, 0
-    latent = torch.zeros(1, 4, 16, 16)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    with torch.inference_mode():
-        v_model = tiny.build_model(seed=0, v_prediction=True)
-        guided = guide(nodes_regions, v_model, regions, alpha=alpha, end=0.5)
-        sigmas = comfy.samplers.calculate_sigmas(v_model.get_model_object("model_sampling"), "normal", steps)
-        node_out = comfy.sample.sample_custom(guided, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
-                                              positive, negative, latent, seed=seed)
-
-    twin = tiny.build_model(seed=0, v_prediction=True)     # outside inference mode: plain autograd
-    twin.model.requires_grad_(False)
-    capture = Capture()
-    twin = patching.install_bias(twin, capture, "all")
-    window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(0.5)
-
-    def endo_then_step(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        state = {}
-        for i in range(len(sigmas) - 1):
-            s = sigmas[i]
-            if float(s) >= window_sigma:
-                x = endo_update(model, x, s, extra_args, capture, alpha)
-            x = step(model, x, sigmas, i, extra_args, state)
-        return x
-
-    reference = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.KSAMPLER(endo_then_step), sigmas,
-                                           positive, negative, latent, seed=seed)
-    unguided = comfy.sample.sample_custom(twin, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
-                                          positive, negative, latent, seed=seed)
-    assert (reference - unguided).abs().max() > 1e-2          # the guidance did something
-    assert_close(node_out, reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item())
+    assert_node_equals_written_out(*node_and_written_out(
+        nodes_regions, patching, tiny, regions, region_prompt, encode,
+        sampler=sampler, step=step, steps=6, end=0.5, v_prediction=True))
