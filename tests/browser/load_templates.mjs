@@ -3,17 +3,52 @@
 // overlapping nodes and the widgets our extension greys out, convert the graph with the
 // frontend's own app.graphToPrompt(), and, for the demo forms (--queue), click Run and
 // wait until every Save Image node shows its images. Saves a screenshot per
-// template, and one of the template browser showing our pack. Prints one JSON line per
-// template: {"name", "missing", "overlaps", "greyed", "prompt", "queued", "shown"}.
-// usage: node load_templates.mjs <server url> <pack> <category title> <screenshot dir> [--queue <name>]... <name>...
+// template, and one of the template browser showing our pack. Each --search query is typed
+// into the node search box (double-click on the empty canvas) and the first result added
+// with Enter, as a user does. Prints {"node_search": [{"query", "results", "added"}]}, then
+// one JSON line per template: {"name", "missing", "overlaps", "greyed", "prompt", "queued", "shown"}.
+// usage: node load_templates.mjs <server url> <pack> <category title> <screenshot dir>
+//        [--search <query>]... [--queue <name>]... <name>...
 import { chromium } from "playwright-core";
 
 const [url, pack, categoryTitle, shots, ...rest] = process.argv.slice(2);
 const queue = new Set();
+const searches = [];
 const names = [];
 for (let i = 0; i < rest.length; i++) {
   if (rest[i] === "--queue") queue.add(rest[++i]);
+  else if (rest[i] === "--search") searches.push(rest[++i]);
   else names.push(rest[i]);
+}
+
+// The search box's result list: [display name] per option, top first.
+const searchResults = () => [...document.querySelectorAll(".comfy-vue-node-search-box .p-autocomplete-option")]
+  .map((li) => (li.querySelector(".option-display-name > div")?.textContent ?? "").replace(/\u00a0/g, " ").trim());
+
+// Types ``query`` into the node search box on an empty canvas and presses Enter: returns the
+// top five results as listed and the type of the node that Enter added.
+async function searchNode(page, query) {
+  await page.evaluate(() => window.app.graph.clear());
+  const canvas = await page.locator("#graph-canvas").boundingBox();
+  await page.mouse.dblclick(canvas.x + canvas.width / 2, canvas.y + canvas.height / 2);
+  const input = page.locator('input[id^="comfy-vue-node-search-box-input"]');
+  await input.waitFor({ state: "visible", timeout: 10000 });
+  await input.pressSequentially(query, { delay: 20 });
+  // the list is searched 100 ms after the last key: wait until it has stood still for 500 ms
+  let last = null;
+  for (let still = 0, waited = 0; still < 5 && waited < 10000; waited += 100) {
+    await page.waitForTimeout(100);
+    const now = JSON.stringify(await page.evaluate(searchResults));
+    still = now === last ? still + 1 : 0;
+    last = now;
+  }
+  const results = JSON.parse(last).slice(0, 5);
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => window.app.graph.nodes.length > 0, null, { timeout: 5000 }).catch(() => {});
+  const added = await page.evaluate(() => window.app.graph.nodes.map((n) => n.type));
+  await page.keyboard.press("Escape");
+  await input.waitFor({ state: "hidden", timeout: 5000 });
+  return { query, results, added };
 }
 
 const browser = await chromium.launch({
@@ -26,6 +61,10 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => window.app && window.app.extensionManager && window.app.graph, null, { timeout: 120000 });
   await page.waitForSelector(".p-blockui-mask", { state: "hidden", timeout: 60000 }).catch(() => {});
+
+  const nodeSearch = [];
+  for (const query of searches) nodeSearch.push(await searchNode(page, query));
+  console.log(JSON.stringify({ node_search: nodeSearch }));
 
   // The template browser, on our pack's category: what a newcomer opens first.
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));

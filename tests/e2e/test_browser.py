@@ -4,6 +4,8 @@ missing node and no node covering another, greys out the widgets its choices lea
 unused, and converts with the frontend's own app.graphToPrompt(). Each demo form is
 queued with the Run button and its images appear on its Save Image nodes; each SDXL
 form's prompt runs on the real server on the demo model (the main job's substitution).
+The issue's search queries, typed into the node search box, list our node first and Enter
+adds it (frontend 1.27.10 searches the node id and display name only: docs/development.md).
 Screenshots land in output/screenshots/ (the README's come from there)."""
 import json
 import subprocess
@@ -15,6 +17,8 @@ from maskattn_lab.run_workflows import WORKFLOWS, loads_checkpoint, on_demo_mode
 SCRIPT = REPO / "tests" / "browser" / "load_templates.mjs"
 CATEGORY = json.loads((REPO / "locales" / "en" / "main.json").read_text())["templateWorkflows"]["category"][PACKAGE]
 BOX = ("x", "y", "width", "height", "image_width", "image_height")
+SEARCH = {"region guidance": ("MaskAttnRegionGuidance", "Region Mask Guidance"),   # query: (node id, listed as)
+          "masked attention": ("MaskAttnApplyMaskedCrossAttention", "Apply Masked Cross-Attention")}
 
 
 def test_templates_in_the_real_frontend(host, tmp_path):
@@ -27,13 +31,19 @@ def test_templates_in_the_real_frontend(host, tmp_path):
     try:
         server.wait_ready()
         queue = [arg for name in demo for arg in ("--queue", name)]
-        result = subprocess.run(["node", str(SCRIPT), server.url, PACKAGE, CATEGORY, str(shots), *queue, *names],
+        search = [arg for query in SEARCH for arg in ("--search", query)]
+        result = subprocess.run(["node", str(SCRIPT), server.url, PACKAGE, CATEGORY, str(shots), *search, *queue, *names],
                                 capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, result.stderr[-4000:]
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-        cards = {c["name"]: c["thumbnail"] for c in lines[0]["browser_cards"]}
+        found = {s["query"]: s for s in lines[0]["node_search"]}
+        assert sorted(found) == sorted(SEARCH), found
+        for query, (node_id, listed_as) in SEARCH.items():
+            assert found[query]["results"][:1] == [listed_as], found[query]     # first in the list
+            assert found[query]["added"] == [node_id], found[query]             # and what Enter adds
+        cards = {c["name"]: c["thumbnail"] for c in lines[1]["browser_cards"]}
         assert sorted(cards) == names and all(cards.values()), cards
-        loaded = lines[1:]
+        loaded = lines[2:]
         assert [r["name"] for r in loaded] == names
         for r in loaded:
             name = r["name"]
