@@ -30,13 +30,13 @@ from datetime import datetime, timezone
 import torch
 
 from . import cli, host
-from .bench_plan import STEPS, VARIANTS
+from .bench_plan import EXTRA_VARIANTS, STEPS, VARIANTS
 
 def main(argv=None):
     parser = cli.parser(__doc__)
     parser.add_argument("--sizes", default="512,1024", help="image sizes in pixels, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="measurements of each variant per size")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS + EXTRA_VARIANTS)}")
     parser.add_argument("--model", choices=("sdxl", "tiny"), default="sdxl",
                         help="the full-width SDXL UNet, or the tests' tiny one (a wiring check)")
     parser.add_argument("--whole-runs", action=argparse.BooleanOptionalAction, default=None,
@@ -46,9 +46,9 @@ def main(argv=None):
                              "host's default on this device (sub-quadratic on a CPU)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in VARIANTS + EXTRA_VARIANTS]
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + EXTRA_VARIANTS)}")
 
     # The host picks its attention when comfy is first imported: bootstrap, then import.
     host.import_host(use_pytorch_cross_attention=args.host_attention == "pytorch")

@@ -88,6 +88,7 @@ def variants(plain, names, size):
         "swapping": lambda: region("swapping", "all"), "paint-with-words": lambda: region("paint-with-words", "all"),
         "guidance-all": lambda: region("guidance", "all"), "guidance-mid": lambda: region("guidance", "mid-resolution"),
         "guidance-encoder": lambda: region("guidance", "encoder"),
+        "guidance-all-kept": lambda: patching.keeping_activations(region("guidance", "all")),
     }
     return {"plain": plain, **{name: build[name]() for name in names}}
 

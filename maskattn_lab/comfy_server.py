@@ -4,6 +4,7 @@ the main job and the end-to-end tests: started headless in a temporary state fol
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def host_command(host: Path, port: int, state: Path) -> list[str]:
+def host_command(host: Path, port: int, state: Path, extra_args: tuple[str, ...] = ()) -> list[str]:
     state.mkdir(parents=True, exist_ok=True)
     for sub in ("user/default", "temp", "output", "input"):
         (state / sub).mkdir(parents=True, exist_ok=True)
@@ -32,16 +33,28 @@ def host_command(host: Path, port: int, state: Path) -> list[str]:
     return [sys.executable, str(host / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
             "--user-directory", str(state / "user"), "--temp-directory", str(state / "temp"),
             "--output-directory", str(state / "output"), "--input-directory", str(state / "input"),
-            "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+            "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra_args]
 
 
 class Host:
-    """A ComfyUI server process on localhost, stopped on exit."""
+    """A ComfyUI server process on localhost, stopped on exit. ``extra_args`` go to its
+    main.py; ``log`` (a file) takes its console instead of this one."""
 
-    def __init__(self, host: Path, port: int, state: Path):
+    def __init__(self, host: Path, port: int, state: Path, extra_args: tuple[str, ...] = (), log: Path | None = None):
         self.url = f"http://127.0.0.1:{port}"
         self.output_dir = state / "output"
-        self.process = subprocess.Popen(host_command(host, port, state), cwd=host)
+        self.log = open(log, "w") if log is not None else None
+        self.process = subprocess.Popen(host_command(host, port, state, extra_args), cwd=host,
+                                        stdout=self.log, stderr=subprocess.STDOUT if self.log else None)
+
+    def peak_memory(self, reset: bool = False) -> int:
+        """The server process's peak resident memory in bytes since the last reset
+        (VmHWM); ``reset`` starts a new peak from the current resident set."""
+        status = Path(f"/proc/{self.process.pid}/status")
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status.read_text()).group(1)) * 1024
+        if reset:
+            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        return peak
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
@@ -90,6 +103,8 @@ class Host:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if self.log is not None:
+            self.log.close()
 
 
 def saved_images(entry: dict) -> list[tuple[str, str]]:

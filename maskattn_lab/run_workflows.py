@@ -36,22 +36,42 @@ SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width"
                   "MaskAttnBindRegion": ("x", "y", "width", "height", "image_width", "image_height")}
 
 
+def resized(prompt: dict, scale: int, steps: int) -> dict:
+    """The same graph with every pixel size divided by ``scale`` and every sampler
+    capped at ``steps`` steps."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "KSampler":
+            inputs["steps"] = min(inputs["steps"], steps)
+        for name in SPATIAL_INPUTS.get(kind, ()):
+            if isinstance(inputs.get(name), int):
+                inputs[name] = max(1, inputs[name] // scale)
+    return out
+
+
 def on_demo_model(prompt: dict) -> dict:
     """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
     (same MODEL, CLIP, VAE outputs), sizes shrink by DEMO_SCALE and samplers take
     DEMO_STEPS steps (the tiny model on a CPU). The SDXL forms already name the demo
     model's heads (the only heads this pack ships)."""
-    out = json.loads(json.dumps(prompt))
+    out = resized(prompt, DEMO_SCALE, DEMO_STEPS)
     for node in out.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
+        if node["class_type"] == "CheckpointLoaderSimple":
             node.update(json.loads(json.dumps(DEMO_MODEL)))
-        elif kind == "KSampler":
-            inputs["steps"] = min(inputs["steps"], DEMO_STEPS)
-        for name in SPATIAL_INPUTS.get(kind, ()):
-            if isinstance(inputs.get(name), int):
-                inputs[name] = max(1, inputs[name] // DEMO_SCALE)
     return out
+
+
+def copy_saved_images(server: Host, entry: dict, folder: Path) -> list[Path]:
+    """Copies the images a run saved (its history ``entry``) into ``folder``."""
+    written = []
+    for subfolder, name in saved_images(entry):
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.output_dir / subfolder / name, target)
+        written.append(target)
+        log.info("   wrote %s", target)
+    return written
 
 
 def loads_checkpoint(prompt: dict) -> bool:
@@ -92,20 +112,13 @@ def main(argv=None) -> int:
                 prompt = ui_to_api(json.loads(path.read_text()), object_info)
                 sdxl_form = loads_checkpoint(prompt)
                 entry = server.run(on_demo_model(prompt) if sdxl_form else prompt)
-                images = saved_images(entry)
-                if not images:
+                written = copy_saved_images(server, entry, args.out / path.stem)
+                if not written:
                     raise RuntimeError(f"{path.name} saved no image")
-                written = []
-                for subfolder, name in images:
-                    target = args.out / path.stem / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(server.output_dir / subfolder / name, target)
-                    written.append(target)
-                    log.info("   wrote %s", target)
                 args.thumbnails.mkdir(parents=True, exist_ok=True)
                 caption = "shown: this graph on the demo model (128 px)" if sdxl_form else None
                 log.info("   thumbnail %s", write_thumbnail(written, args.thumbnails / f"{path.stem}.jpg", caption))
-                log.info("   %s: %d image(s) in %.1f s", path.name, len(images), time.monotonic() - started)
+                log.info("   %s: %d image(s) in %.1f s", path.name, len(written), time.monotonic() - started)
         finally:
             server.stop()
     return 0

@@ -13,7 +13,9 @@ checkpoint's own models; the loss is the diffusion loss in the model's own outpu
 at sigmas of its own schedule (maskattn_lab/head_training.py). Only the heads train. A resume file
 (``--out`` + ".resume.pt": heads, optimizer, step) is written every --checkpoint-every
 steps; --resume continues from it exactly (noise and sigmas are drawn per sample from
-(seed, step, sample index), so they do not depend on the process count either).
+(seed, step, sample index), so they do not depend on the process count either). The
+heads file records a fingerprint of the checkpoint's weights at the gated sites, so that
+Apply Masked Cross-Attention can say when it gates another model.
 """
 from __future__ import annotations
 
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
             "base": args.ckpt.name if args.ckpt else f"demo:{args.demo_model}",
             "final_loss": losses[-1] if losses else None, "fixed_batch_loss": [eval_before, eval_after], "method": "diffusion loss, frozen backbone (arXiv 2509.15357)",
         }
+        # which model the heads are for: Apply Masked Cross-Attention warns on another one
+        heads.fingerprint = patching.model_fingerprint(model, heads.site_names)
         save_heads(heads, args.out)
         log.info("wrote %s (%d parameters)", args.out, sum(p.numel() for p in heads.parameters()))
     if world > 1:

@@ -13,5 +13,6 @@ adapters (``nodes/``) turn node inputs into these objects and install them.
 - ``gate_head``: MaskAttn-SDXL's gate head and its gate (straight-through, bias, product).
 - ``gate_providers``: the learned gates as site providers (cross- and self-attention).
 - ``heads``: a set of gate heads and its safetensors file format.
+- ``fingerprint``: which model a set of heads was made for (samples of the weights they read).
 - ``heatmaps``: maps -> labelled heatmap tiles (Visualize Gates' picture).
 """

@@ -6,7 +6,9 @@ File format (version 1), safetensors only:
 - metadata (strings): ``format`` = "maskattn-heads", ``format_version``, ``base_family``,
   ``sites`` (JSON list), ``channels`` (JSON {site: query width}), ``key_dims`` (JSON
   {site: width of the projected keys the head reads}), ``context_dim`` (the model's text width),
-  ``embed_dim``, ``threshold`` (used in training), ``training`` (JSON summary).
+  ``embed_dim``, ``threshold`` (used in training), ``training`` (JSON summary), and
+  optionally ``model_fingerprint`` (JSON, see ``ModelFingerprint``: which weights the
+  heads were trained on; files written before it have none).
 The variant (sites, widths) is read from the keys and shapes; the metadata is checked
 against them, never trusted alone, and the file name means nothing.
 """
@@ -21,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .fingerprint import ModelFingerprint
 from .gate_head import GateHead
 from .sites import Site
 
@@ -42,7 +45,8 @@ class HeadSet(nn.Module):
     """Gate heads by site name, plus what they were made for."""
 
     def __init__(self, sites: dict[str, tuple[int, int]], context_dim: int, embed_dim: int = 32,
-                 base_family: str = "sdxl", threshold: float = 0.5, training: dict | None = None):
+                 base_family: str = "sdxl", threshold: float = 0.5, training: dict | None = None,
+                 fingerprint: ModelFingerprint | None = None):
         super().__init__()
         self.heads = nn.ModuleDict({_module_key(name): GateHead(c, kd, embed_dim)
                                     for name, (c, kd) in sites.items()})
@@ -50,6 +54,8 @@ class HeadSet(nn.Module):
         self.context_dim, self.embed_dim = context_dim, embed_dim
         self.base_family, self.threshold = base_family, threshold
         self.training_summary = dict(training or {})
+        self.fingerprint = fingerprint     # of the model trained on; None: not recorded
+        self.source = ""                   # the file's name, once loaded from one
 
     @classmethod
     def for_sites(cls, sites: Iterable[Site], **kwargs) -> "HeadSet":
@@ -80,6 +86,7 @@ class HeadSet(nn.Module):
             "key_dims": json.dumps({n: kd for n, (_, kd) in shapes.items()}),
             "context_dim": str(self.context_dim), "embed_dim": str(self.embed_dim),
             "threshold": repr(self.threshold), "training": json.dumps(self.training_summary),
+            **({"model_fingerprint": self.fingerprint.to_json()} if self.fingerprint is not None else {}),
         }
 
     def check_fits(self, sites: Iterable[Site], model_name: str = "the model") -> None:
@@ -104,6 +111,20 @@ def save_heads(heads: HeadSet, path: str | Path) -> None:
     tensors = {f"{name}.{key}": value.detach().contiguous().cpu()
                for name in heads.site_names for key, value in heads.head(name).state_dict().items()}
     save_file(tensors, str(path), metadata=heads.metadata())
+
+
+def add_fingerprint(path: str | Path, fingerprint: ModelFingerprint) -> None:
+    """Rewrites a heads file with ``fingerprint`` in its metadata and the very same
+    tensors (checked bit for bit after writing)."""
+    path = Path(path)
+    tensors, meta = _read(path)
+    save_file(tensors, str(path), metadata={**meta, "model_fingerprint": fingerprint.to_json()})
+    written, _ = _read(path)
+    if written.keys() != tensors.keys() or any(
+            written[k].dtype != t.dtype or written[k].shape != t.shape
+            or written[k].reshape(-1).view(torch.uint8).ne(t.reshape(-1).view(torch.uint8)).any()
+            for k, t in tensors.items()):
+        raise HeadsFileError(f"{path}: the rewritten tensors differ from the original ones")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -180,6 +201,9 @@ def load_heads(path: str | Path) -> HeadSet:
                     base_family=meta.get("base_family", ""), threshold=_field(path, meta, "threshold", float, "0.5"),
                     training=_field(path, meta, "training", json.loads, "{}"))
     heads.site_names = listed
+    heads.source = path.name
+    if "model_fingerprint" in meta:
+        heads.fingerprint = _field(path, meta, "model_fingerprint", ModelFingerprint.from_json)
     for name, state in by_site.items():
         try:
             heads.head(name).load_state_dict(state)

@@ -105,7 +105,8 @@ class RegionAttention:
             grid_mask = self._grids[key].to(call.q.device)
             if grid_mask.shape[0] not in (1, call.chunk_size):
                 raise ValueError(f"Region Mask Guidance: the mask for {region.words!r} has batch "
-                                 f"{grid_mask.shape[0]}, the latent batch is {call.chunk_size}")
+                                 f"{grid_mask.shape[0]}, the latent batch is {call.chunk_size}: give Bind "
+                                 f"Region to Words (mask) one mask, or one per latent")
             out.append(SiteRegion(grid_mask, tuple(region.positions_for(call.tokens)), region.strength))
         return call.cond_chunks(), out
 

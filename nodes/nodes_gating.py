@@ -1,6 +1,8 @@
 """Learned gating (MaskAttn-SDXL): Load MaskAttn Heads, Apply Masked Cross-Attention."""
 from __future__ import annotations
 
+import logging
+
 import folder_paths
 from comfy_api.latest import io
 
@@ -10,6 +12,8 @@ from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
 from .model_folders import HEADS_FOLDER, heads_file_names, heads_that_fit
 from .widget_hints import newer_schema_fields, used_when
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "MaskAttn"
 Heads = io.Custom("MASKATTN_HEADS")
@@ -26,7 +30,8 @@ class MaskAttnLoadHeads(io.ComfyNode):
                 "Loads learned MaskAttn-SDXL gate heads (a .safetensors file from models/maskattn): "
                 "one small head per gated cross-attention site that predicts where each prompt "
                 "token may act. Heads are made for one base model; Apply Masked Cross-Attention "
-                "refuses heads whose sites or widths differ from the MODEL's."),
+                "refuses heads whose sites or widths differ from the MODEL's, and warns when the heads were "
+                "trained on another checkpoint of the same widths."),
             inputs=[
                 io.Combo.Input("heads_name", options=heads_file_names(),
                                tooltip="Heads file in models/maskattn (safetensors only); the shipped ones "
@@ -81,6 +86,30 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
                                                   "learned gates", "attention mask"]),
         )
 
+    @staticmethod
+    def check_made_for(model, heads: HeadSet) -> None:
+        """Warns (log and the node in the UI) when the MODEL is not the model the heads
+        were trained on: the same widths, other weights (a fine-tune, a LoRA at the gated
+        sites, another checkpoint). Not an error: heads, like LoRAs, are used on models
+        near theirs. Files without a fingerprint are not checked."""
+        name = heads.source or "these heads"
+        if heads.fingerprint is None:
+            log.info("Apply Masked Cross-Attention: %s records no model fingerprint (an older file); "
+                     "not checked against this MODEL", name)
+            return
+        try:
+            fingerprint = patching.model_fingerprint(model, heads.site_names)
+        except ValueError as e:
+            log.info("Apply Masked Cross-Attention: %s not checked against this MODEL: %s", name, e)
+            return
+        if not heads.fingerprint.same_model(fingerprint):
+            made_for = heads.training_summary.get("base")
+            patching.tell_user(
+                f"Apply Masked Cross-Attention (heads): {name} was made for another model"
+                f"{f' ({made_for})' if made_for else ''}: this MODEL's cross-attention weights at the gated "
+                f"sites differ from it (another checkpoint, a fine-tune or a LoRA). The heads still apply, "
+                f"but their gates may miss; heads trained on this MODEL fit it best.")
+
     @classmethod
     def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
                 end_percent: float, apply_to_uncond: bool, self_attention_gating: bool = False) -> io.NodeOutput:
@@ -93,6 +122,7 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
             hint = (f"heads files that fit this MODEL: {', '.join(fitting)}" if fitting else
                     "no heads file in models/maskattn fits this MODEL: train some for it (scripts/train_heads.py)")
             raise ValueError(f"Apply Masked Cross-Attention (heads): {e}. {hint}") from None
+        cls.check_made_for(model, heads)
         provider = GateBias(heads, threshold=threshold, mode=mode, **window,
                             apply_to_uncond=apply_to_uncond, share_gates=self_attention_gating)
         gated = patching.install_bias(model, provider, heads.site_names)

@@ -20,7 +20,7 @@ the one scoped, restored swap of a host name, see below), the demo model's size 
 and the queries that other
 modules need instead of reading ``model_options`` themselves (``providers``,
 ``map_providers``, ``with_captures``, ``without_latent_guidance``, ``latent_guidance``,
-``FrozenModel``).
+``FrozenModel``, ``model_fingerprint``).
 """
 from __future__ import annotations
 
@@ -29,21 +29,26 @@ import copy
 import functools
 import inspect
 import logging
+import re
 from typing import Callable, Iterable, Protocol
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.ldm.modules.attention as host_attention
+import comfy.lora
 import comfy.model_patcher
 import comfy.patcher_extension
+import comfy.utils
 import comfy_execution.utils
 import server
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 from comfy.model_patcher import ModelPatcher
 
 from ..maskattn_ops.attention import biased_attention, reference_attention
 from ..maskattn_ops.guidance import GuidanceForwardDone, GuidancePass
+from ..maskattn_ops.fingerprint import FINGERPRINT_WEIGHTS, ModelFingerprint
 from ..maskattn_ops.run_state import Captures, RunState
 from ..maskattn_ops.sites import Site, SiteCall, select_sites, token_grid
 
@@ -540,10 +545,63 @@ def _cond_only_in_guidance_pass(executor, model, conds, x, timestep, model_optio
     return executor(model, conds, x, timestep, model_options)
 
 
+# The guidance pass's backward needs the activations of the whole UNet up to its last
+# guided site. On SDXL at 1024 px with every site guided they outgrow the weights and a
+# 24 GiB machine (docs/speed.md). Kept instead: the inputs of the UNet's heavy parts
+# (each ResBlock, each transformer block's self-attention and feed-forward), whose insides
+# are recomputed in the backward (torch.utils.checkpoint). The cross-attention sites
+# themselves, where the loss is read, run once. Installed with the host's object patches
+# (applied while the model is loaded, restored when it unloads); recomputation happens
+# only when autograd records, i.e. in the guidance pass: the sampling evaluations, under
+# inference mode, call the original forward.
+RECOMPUTED_PARTS = ("attn1", "ff")
+
+
+class RecomputedInBackward:
+    """A module's forward that, when autograd records, keeps only its inputs for the
+    backward and recomputes the rest there."""
+
+    def __init__(self, forward: Callable):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+
+
+def with_recomputed_activations(model: ModelPatcher) -> ModelPatcher:
+    """Adds to ``model`` (a clone of ours) the object patches that make the guidance
+    pass recompute activations (see RECOMPUTED_PARTS). A part whose forward another pack
+    already patched keeps that forward, recomputed; parts already done are left alone."""
+    unet = model.get_model_object("diffusion_model")
+    for name, module in unet.named_modules():
+        if not (isinstance(module, ResBlock) or name.rsplit(".", 1)[-1] in RECOMPUTED_PARTS):
+            continue
+        key = f"diffusion_model.{name}.forward"
+        current = model.object_patches.get(key)
+        if isinstance(current, RecomputedInBackward):
+            continue
+        # the class's forward, not the instance attribute: while a clone is loaded its
+        # object patches sit on the module itself
+        model.add_object_patch(key, RecomputedInBackward(current or type(module).forward.__get__(module)))
+    return model
+
+
+def keeping_activations(model: ModelPatcher) -> ModelPatcher:
+    """A clone of a guided ``model`` whose guidance pass keeps every activation for its
+    backward instead (no recomputation): what the benchmark and the tests compare with."""
+    patched = model.clone()
+    patched.object_patches = {k: v for k, v in patched.object_patches.items()
+                              if not isinstance(v, RecomputedInBackward)}
+    return patched
+
+
 def install_latent_guidance(model: ModelPatcher, guidance: LatentGuidance) -> ModelPatcher:
     """A clone of ``model`` whose sampler's latent is guided (the capture provider must
-    already be installed at ``guidance.sites``)."""
-    patched = with_run_state(model.clone())
+    already be installed at ``guidance.sites``), its guidance pass recomputing
+    activations in the backward instead of keeping them."""
+    patched = with_recomputed_activations(with_run_state(model.clone()))
     patched.model_options["transformer_options"][GUIDANCE_KEY] = guidance
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, GUIDANCE_KEY, _guided_sampler_wrapper)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, GUIDANCE_KEY, _cond_only_in_guidance_pass)
@@ -629,3 +687,42 @@ class FrozenModel:
         """The denoised latent for noised ``x`` at ``sigma`` (one cond chunk per sample)."""
         options = {**self._options, "cond_or_uncond": [0], "sigmas": sigma, RUN_STATE_KEY: run}
         return self._base.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)
+
+
+# --- Which model heads were made for ------------------------------------------------------
+
+_SITE_ATTN2 = re.compile(r"diffusion_model\.(?:(input|output)_blocks\.(\d+)|(middle)_block)\.\d+"
+                         r"\.transformer_blocks\.(\d+)\.attn2$")
+
+
+def _effective_weight(model: ModelPatcher, key: str) -> torch.Tensor:
+    """The weight at state-dict ``key`` as ``model`` samples with it: the unpatched
+    weight (the host's backup while weight patches are applied) with the patcher's weight
+    patches (LoRAs) at that key computed on it, so the answer does not depend on whether
+    the model is loaded right now."""
+    backup = getattr(model, "backup", {}).get(key)
+    weight = backup.weight if backup is not None else comfy.utils.get_attr(model.model, key)
+    patches = getattr(model, "patches", {}).get(key)
+    if patches:
+        weight = comfy.lora.calculate_weight(patches, weight.to(torch.float32, copy=True), key).to(weight.dtype)
+    return weight
+
+
+def model_fingerprint(model: ModelPatcher, site_names: Iterable[str]) -> ModelFingerprint:
+    """The fingerprint of ``model`` at these sites (maskattn_ops.fingerprint.ModelFingerprint):
+    16 values of each site's attn2 to_q and to_k weights, LoRAs included."""
+    wanted = set(site_names)
+    weights = {}
+    for name, module in model.model.named_modules():
+        found = _SITE_ATTN2.fullmatch(name)
+        if found is None:
+            continue
+        block, block_id, middle, index = found.groups()
+        site = f"middle.0.{index}" if middle else f"{block}.{block_id}.{index}"
+        if site in wanted:
+            for weight in FINGERPRINT_WEIGHTS:
+                weights[f"{site}.{weight}"] = _effective_weight(model, f"{name}.{weight}.weight")
+    missing = wanted - {key.rsplit(".", 1)[0] for key in weights}
+    if missing:
+        raise ValueError(f"MaskAttn: no cross-attention weights found for site(s) {sorted(missing)}")
+    return ModelFingerprint.of(weights)

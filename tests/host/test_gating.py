@@ -255,3 +255,67 @@ def test_the_hosts_device_and_dtype_moves_leave_the_master_heads(nodes_gating, p
     assert provider.heads_for(torch.device("cpu"), torch.float16) is copy
     gated.model_patches_to(torch.device("meta"))                                 # an offload elsewhere
     assert provider.heads_for(torch.device("cpu"), torch.float16) is not copy
+
+
+def spread_heads(sites, seed=0):
+    """Heads with random weights: gate probabilities spread around 0.5, so a threshold
+    of 0.3 and one of 0.7 keep different parts of every token."""
+    heads = fresh_heads(sites)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        for p in heads.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return heads
+
+
+class WrittenOutGate:
+    """The gate of MaskAttn-SDXL written out from the paper, as a test-side bias provider:
+    G = sigmoid(f(q, k)); hard: 0 where G >= threshold, NEG elsewhere; soft: log G (at
+    least NEG); the start token always kept; the uncond rows left alone unless
+    ``to_uncond``; nothing outside [sigma_end, sigma_start]. Records the share of
+    (location, token) pairs it keeps."""
+    def __init__(self, heads, threshold, mode, sigma_start, sigma_end, to_uncond):
+        self.heads, self.threshold, self.mode, self.to_uncond = heads, threshold, mode, to_uncond
+        self.sigma_start, self.sigma_end = sigma_start, sigma_end
+        self.kept = []
+
+    def __call__(self, call):
+        from comfyui_maskattn.maskattn_ops.attention import NEG
+        if not self.sigma_end <= float(call.sigmas.max()) <= self.sigma_start:
+            return None
+        with torch.no_grad():
+            logits = self.heads.head(call.site.name)(call.q, call.k, call.grid).float()     # (B, T, h, w)
+        probs = torch.sigmoid(logits)
+        if self.mode == "hard":
+            bias = torch.where(probs >= self.threshold, 0.0, NEG)
+        else:
+            bias = torch.log(probs).clamp(min=NEG)
+        bias[:, 0] = 0.0                                                                    # start token (T = 77)
+        if not self.to_uncond:
+            bias[call.is_uncond()] = 0.0
+        self.kept.append(float((bias[:, 1:] == 0).float().mean()))
+        return bias.flatten(2).transpose(1, 2)[:, None]                                     # (B, 1, N, T)
+
+
+@pytest.mark.parametrize("mode, threshold, to_uncond, start", [
+    ("hard", 0.3, True, 0.0), ("hard", 0.7, False, 0.0), ("hard", 0.7, True, 0.3),
+    ("soft", 0.9, True, 0.0), ("soft", 0.5, False, 0.3)])
+def test_gates_through_the_sampler_equal_the_gate_written_out(nodes_gating, patching, tiny_models, mid_sites, sample,
+                                                               mode, threshold, to_uncond, start):
+    """Apply Masked Cross-Attention through the host's sampler equals the same heads'
+    gate written out (WrittenOutGate, on the same sites of the same model): in soft mode
+    (which ignores the threshold), with thresholds other than 0.5, with the uncond pass
+    gated as the cond one or left exactly as the model has it, in a window from 30%."""
+    model, heads = tiny_models[0], spread_heads(mid_sites)
+    window = patching.sigma_window(model, start, 1.0, "test")
+    written = WrittenOutGate(heads, threshold, mode, window["sigma_start"], window["sigma_end"], to_uncond)
+    node = sample(apply(nodes_gating, model, heads, threshold=threshold, mode=mode, start_percent=start,
+                        apply_to_uncond=to_uncond))
+    reference = sample(patching.install_bias(model, written, [s.name for s in mid_sites]))
+    assert_same_run(node, reference)
+    if mode == "hard":                                  # the threshold cut somewhere inside every run
+        assert 0.1 < sum(written.kept) / len(written.kept) < 0.9, written.kept
+    at_half = sample(apply(nodes_gating, model, heads, threshold=0.5, mode="hard", start_percent=start,
+                           apply_to_uncond=to_uncond))
+    assert (node - at_half).abs().max() > 1e-3        # the option changed the run
+

@@ -51,23 +51,26 @@ class Capture:
         return None
 
 
-def endo_loss_written_out(calls, lam=0.5):
+def endo_loss_written_out(calls, lam=0.5, regions=None):
     """Eq. 2 over the recorded sites, cond rows, every head: raw sums, then rescaled to
-    Endo's term count as the extension documents."""
+    Endo's term count as the extension documents. ``regions``: (mask (1 or one per
+    latent, H, W), word positions, strength) each; by default "red circle" in the left half.
+    Each latent of the batch is summed with its own mask."""
     raw, terms = 0.0, 0
-    mask = left_half()
     for call in calls:
         cond = ~call.is_uncond()
         probs = attention_logits(call.q[cond], call.k[cond], call.site.heads).softmax(-1)   # (B, heads, N, T)
-        inside = mask_to_grid(mask, call.grid)[0]                                            # (N,)
-        for w in WORDS:
-            m = probs[..., w]                                                                # (B, heads, N)
-            raw = raw + (-(m * inside).sum() + lam * (m * (1 - inside)).sum())
+        for mask, words, strength in regions or [(left_half(), WORDS, 1.0)]:
+            for item in range(probs.shape[0]):
+                inside = mask_to_grid(mask[item % mask.shape[0]][None], call.grid)[0]        # (N,)
+                for w in words:
+                    m = probs[item, ..., w]                                                  # (heads, N)
+                    raw = raw + strength * (-(m * inside).sum() + lam * (m * (1 - inside)).sum())
         terms += call.site.heads * probs.shape[-2]
     return raw * ENDO_TERMS / terms
 
 
-def endo_update(model, x, s, extra_args, capture, alpha):
+def endo_update(model, x, s, extra_args, capture, alpha, regions=None):
     """Endo Eq. 3 written out: the whole guidance forward recorded by ``capture``, Eq. 2
     on it, and z <- z - alpha dL/dz on z = x / sqrt(1 + s^2), i.e. x <- x - alpha (1 + s^2)
     dL/dx (the same input scaling for EPS and v-prediction models)."""
@@ -76,7 +79,7 @@ def endo_update(model, x, s, extra_args, capture, alpha):
     with torch.enable_grad():
         model(x_leaf, s * x.new_ones([x.shape[0]]), **extra_args)
         capture.on = False
-        (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls), x_leaf)
+        (grad,) = torch.autograd.grad(endo_loss_written_out(capture.calls, regions=regions), x_leaf)
     return x - alpha * (1 + s ** 2) * grad
 
 
@@ -88,21 +91,23 @@ def euler_step(model, x, sigmas, i, extra_args, state):
 
 
 def node_and_written_out(nodes_regions, patching, tiny, regions, region_prompt, encode, *, sampler, step, steps,
-                         end, sites="all", v_prediction=False, alpha=0.08, cfg=5.0, seed=0):
+                         end, sites="all", v_prediction=False, alpha=0.08, cfg=5.0, seed=0, start=0.0, batch=1,
+                         written_regions=None):
     """The same run twice, on the tiny model (seed 0): Region Mask Guidance through the
     host's ``sampler``, and written out: Endo's update (``endo_update``, its guidance
     forward running the whole UNet on a twin built outside inference mode: plain
-    autograd) while sigma is in the window, then ``step``. Also the unguided run.
-    Returns (node, written out, unguided) final latents."""
+    autograd; ``written_regions`` as ``endo_loss_written_out`` takes them) while sigma
+    is in the window, then ``step``. Also the unguided run. Returns (node, written out,
+    unguided) final latents."""
     import comfy.sample
     import comfy.samplers
     positive, _ = region_prompt
     negative = encode("")
-    latent = torch.zeros(1, 4, 16, 16)
+    latent = torch.zeros(batch, 4, 16, 16)
     noise = comfy.sample.prepare_noise(latent, seed)
     with torch.inference_mode():
         model = tiny.build_model(seed=0, v_prediction=v_prediction)
-        guided = guide(nodes_regions, model, regions, alpha=alpha, end=end, sites=sites)
+        guided = guide(nodes_regions, model, regions, alpha=alpha, start=start, end=end, sites=sites)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
         node_out = comfy.sample.sample_custom(guided, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
                                               positive, negative, latent, seed=seed)
@@ -112,13 +117,14 @@ def node_and_written_out(nodes_regions, patching, tiny, regions, region_prompt, 
     capture = Capture()
     twin = patching.install_bias(twin, capture, sites)
     window_sigma = twin.get_model_object("model_sampling").percent_to_sigma(end)
+    window_start = twin.get_model_object("model_sampling").percent_to_sigma(start)
 
     def endo_then_step(model, x, sigmas, extra_args=None, callback=None, disable=None):
         state = {}
         for i in range(len(sigmas) - 1):
             s = sigmas[i]
-            if float(s) >= window_sigma:
-                x = endo_update(model, x, s, extra_args, capture, alpha)
+            if window_sigma <= float(s) <= window_start:
+                x = endo_update(model, x, s, extra_args, capture, alpha, written_regions)
             x = step(model, x, sigmas, i, extra_args, state)
         return x
 
@@ -352,3 +358,45 @@ def test_move_z_then_step_exactly_on_a_v_prediction_model(nodes_regions, patchin
     assert_node_equals_written_out(*node_and_written_out(
         nodes_regions, patching, tiny, regions, region_prompt, encode,
         sampler=sampler, step=step, steps=6, end=0.5, v_prediction=True))
+
+
+MANY = "a red circle and a blue square on green grass"
+
+
+def part(*parts, size=128):
+    """One mask per latent of the batch: "left", "right", "top", "bottom" half, or "centre"."""
+    masks = torch.zeros(len(parts), size, size)
+    half, quarter = size // 2, size // 4
+    for mask, where in zip(masks, parts):
+        {"left": mask[:, :half], "right": mask[:, half:], "top": mask[:half], "bottom": mask[half:],
+         "centre": mask[quarter:-quarter, quarter:-quarter]}[where].fill_(1)
+    return masks
+
+
+@pytest.mark.parametrize("sampler, cfg, start, end", [("ddim", 5.0, 0.0, 0.3), ("euler", 1.0, 0.3, 0.65)])
+def test_a_batch_with_its_own_masks_and_three_regions_equals_endo_written_out(
+        nodes_regions, patching, tiny, tiny_models, encode, sampler, cfg, start, end):
+    """Two latents, three regions with other words and strengths: "red circle" in the
+    left half of latent 0 and the right half of latent 1 (a MASK batch of 2: one per
+    latent, as ComfyUI applies a mask batch that matches the latent batch), "blue
+    square" in the top half of both (a box: one mask for the batch), "green grass" in
+    the bottom half of latent 0 and the centre of latent 1. Written out, each latent's
+    loss uses its own masks; the node through the host's sampler must give the same.
+    Also with cfg 1 (no uncond chunk at all) and a window that starts at 30%."""
+    with torch.inference_mode():
+        positive, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], MANY).args
+    bind = nodes_regions.MaskAttnBindRegion.execute
+    regions = bind(prompt, "red circle", 1.0, 0, 0, 0, 0, 128, 128, mask=part("left", "right")).args[0]
+    regions = bind(prompt, "blue square", 0.5, 0, 0, 128, 64, 128, 128, regions=regions).args[0]
+    regions = bind(prompt, "green grass", 2.0, 0, 0, 0, 0, 128, 128, mask=part("bottom", "centre"),
+                   regions=regions).args[0]
+    written = [(part("left", "right"), prompt.positions("red circle"), 1.0),
+               (part("top"), prompt.positions("blue square"), 0.5),
+               (part("bottom", "centre"), prompt.positions("green grass"), 2.0)]
+    assert len({tuple(words) for _, words, _ in written}) == 3
+    node_out, reference, unguided = node_and_written_out(
+        nodes_regions, patching, tiny, regions, (positive, prompt), encode, sampler=sampler, step=euler_step,
+        steps=6, start=start, end=end, cfg=cfg, batch=2, written_regions=written)
+    for item in range(2):             # each latent guided, each as its own masks say
+        assert (reference[item] - unguided[item]).abs().max() > 1e-2
+        assert_close(node_out[item], reference[item], rtol=1e-3, atol=1e-3 * reference.abs().max().item())

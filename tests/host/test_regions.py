@@ -162,7 +162,7 @@ def test_modes_raise_the_words_attention_mass_inside(nodes_regions, patching, ti
 def test_mask_batch_must_match_latent_batch(nodes_regions, tiny_models, prompt, sample):
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half(batch=3))
-    with pytest.raises(Exception, match=r"mask for 'red' has batch 3, the latent batch is 2"):
+    with pytest.raises(Exception, match=r"mask for 'red' has batch 3, the latent batch is 2: give Bind Region to Words \(mask\)"):
         sample(guide(nodes_regions, tiny_models[0], regions), batch=2)
     per_sample = bind(nodes_regions, p, "red", mask=torch.cat([left_half(), 1 - left_half()]))
     assert torch.isfinite(sample(guide(nodes_regions, tiny_models[0], per_sample), batch=2)).all()

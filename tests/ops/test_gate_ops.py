@@ -6,9 +6,10 @@ import torch
 from torch.testing import assert_close
 
 from comfyui_maskattn.maskattn_ops.attention import NEG, SUPPRESSED, biased_attention, reference_attention
+from comfyui_maskattn.maskattn_ops.fingerprint import FINGERPRINT_SAMPLES, ModelFingerprint
 from comfyui_maskattn.maskattn_ops.gate_head import GateHead, gate_bias, gated_probs, start_tokens, straight_through
 from comfyui_maskattn.maskattn_ops.gate_providers import GateBias, self_attention_bias
-from comfyui_maskattn.maskattn_ops.heads import HeadSet, HeadsFileError, load_heads, save_heads
+from comfyui_maskattn.maskattn_ops.heads import HeadSet, HeadsFileError, add_fingerprint, load_heads, save_heads
 from comfyui_maskattn.maskattn_ops.sites import Site, SiteCall
 from maskattn_lab.mask_supervision import balanced_weights, mask_supervision_loss
 
@@ -286,3 +287,73 @@ def test_damaged_heads_files_are_refused_naming_file_and_cause(tmp_path):
             load_heads(path)
         assert str(path) in str(err.value)
     assert load_heads(written("unchanged")).site_names == ["input.4.0", "output.3.1"]
+
+
+def site_weights(seed: int, dtype=torch.float32) -> dict:
+    """attn2 to_q / to_k weights of SITES, as a model of that seed would hold them."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"{s.name}.{w}": (torch.randn(64, 64, generator=g) * 0.05).to(dtype)
+            for s in SITES for w in ("to_q", "to_k")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_fingerprint_knows_its_model_in_any_dtype_and_not_another(dtype):
+    trained_on = ModelFingerprint.of(site_weights(0))
+    assert trained_on.same_model(ModelFingerprint.of(site_weights(0, dtype)))       # the same checkpoint, cast
+    assert not trained_on.same_model(ModelFingerprint.of(site_weights(1, dtype)))   # another one, same widths
+    tuned = {k: w + 0.05 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(2))
+             for k, w in site_weights(0).items()}                                   # a light fine-tune: 5% of std
+    assert not trained_on.same_model(ModelFingerprint.of(tuned))
+    one_site = dict(site_weights(0))
+    one_site["output.3.1.to_k"] = site_weights(3)["output.3.1.to_k"]                # one weight of one site
+    assert not trained_on.same_model(ModelFingerprint.of(one_site))
+
+
+@pytest.mark.parametrize("recorded, model", [(torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16),
+                                             (torch.bfloat16, torch.float8_e4m3fn)])
+def test_fingerprint_survives_double_rounding(recorded, model):
+    """Heads trained on a bf16 copy, the model loaded as an fp16 one of the same fp32
+    checkpoint: rounded twice, a few samples move by one step of the coarser dtype."""
+    trained_on = ModelFingerprint.of(site_weights(0, recorded))
+    assert 0 < trained_on.distance(ModelFingerprint.of(site_weights(0, model)))
+    assert trained_on.same_model(ModelFingerprint.of(site_weights(0, model)))
+    assert not trained_on.same_model(ModelFingerprint.of(site_weights(1, model)))
+
+
+def test_fingerprint_round_trips_through_the_file_and_is_optional(tmp_path):
+    heads = HeadSet.for_sites(SITES)
+    save_heads(heads, tmp_path / "old.safetensors")
+    assert load_heads(tmp_path / "old.safetensors").fingerprint is None                # files before it: none
+    heads.fingerprint = ModelFingerprint.of(site_weights(0, torch.bfloat16))
+    save_heads(heads, tmp_path / "new.safetensors")
+    loaded = load_heads(tmp_path / "new.safetensors")
+    assert loaded.fingerprint == heads.fingerprint and loaded.fingerprint.dtype == torch.bfloat16
+    assert loaded.source == "new.safetensors"
+    assert {len(v) for v in loaded.fingerprint.values.values()} == {FINGERPRINT_SAMPLES}
+
+
+@pytest.mark.parametrize("raw", ["{", "[]", '{"dtype": "float32"}', '{"dtype": "int8", "values": {"a": [1]}}',
+                                 '{"dtype": "float32", "values": {"a": [1, 2]}}', '{"dtype": "nope", "values": {}}'])
+def test_malformed_fingerprint_is_refused_naming_file_and_field(tmp_path, raw):
+    from safetensors.torch import save_file
+    heads = HeadSet.for_sites(SITES)
+    tensors = {f"{n}.{k}": v.contiguous() for n in heads.site_names for k, v in heads.head(n).state_dict().items()}
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**heads.metadata(), "model_fingerprint": raw})
+    with pytest.raises(HeadsFileError, match=r"bad.safetensors: metadata field 'model_fingerprint' is malformed"):
+        load_heads(tmp_path / "bad.safetensors")
+
+
+def test_adding_a_fingerprint_keeps_every_tensor_bit_for_bit(tmp_path):
+    from safetensors.torch import load_file
+    heads = HeadSet.for_sites(SITES, training={"steps": 3})
+    for p in heads.parameters():
+        torch.nn.init.normal_(p)
+    path = tmp_path / "heads.safetensors"
+    save_heads(heads, path)
+    before = load_file(str(path))
+    fingerprint = ModelFingerprint.of(site_weights(0))
+    add_fingerprint(path, fingerprint)
+    after = load_file(str(path))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    loaded = load_heads(path)
+    assert loaded.fingerprint == fingerprint and loaded.training_summary == {"steps": 3}

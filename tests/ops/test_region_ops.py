@@ -84,6 +84,25 @@ def test_paint_with_words_adds_scaled_max_inside_only():
     assert (bias[..., [t for t in range(77) if t != 7]] == 0).all()
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.5, 2.0])
+def test_region_strength_scales_each_region_of_each_method(strength):
+    """Bind Region to Words' strength: the region's term of Endo's loss times strength,
+    swapping's constant map blended in by strength (0: the model's own, 1: the constant),
+    paint-with-words' added logit times strength; the other region unchanged."""
+    probs, mask = probs_like(), (torch.arange(16) < 8).float()[None]
+    weak, other = SiteRegion(mask, (2, 3), strength), SiteRegion(1 - mask, (5,))
+    one = masked_attention_loss(probs, [SiteRegion(mask, (2, 3))])
+    assert_close(masked_attention_loss(probs, [weak, other]), strength * one + masked_attention_loss(probs, [other]))
+    if strength <= 1:                                     # (above 1 it extrapolates past the constant map)
+        swapped = swap_attention_(probs.clone(), [weak])
+        assert_close(swapped[..., 2], strength * (mask / 2).expand(2, 3, 16) + (1 - strength) * probs[..., 2])
+    logits = torch.randn(2, 3, 16, 77, generator=torch.Generator().manual_seed(1))
+    full = paint_with_words_(logits.clone(), [SiteRegion(mask, (2, 3)), other], 0.3, 14.6) - logits
+    scaled = paint_with_words_(logits.clone(), [weak, other], 0.3, 14.6) - logits
+    assert_close(scaled[..., [2, 3]], strength * full[..., [2, 3]])
+    assert torch.equal(scaled[..., 5], full[..., 5])
+
+
 def test_edits_write_through_the_cond_chunks_views_only():
     """The sites edit their own temporaries in place through SiteCall.cond_chunks()
     slices: the cond chunks change exactly as the op on a copy, uncond rows stay
