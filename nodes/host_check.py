@@ -26,6 +26,8 @@ REQUIRED = (
     ("comfy.model_patcher", "ModelPatcher.get_wrappers", "the per-run state"),
     ("comfy.model_patcher", "ModelPatcher.remove_wrappers_with_key", "Visualize Gates on a guided model"),
     ("comfy.model_patcher", "ModelPatcher.add_object_patch", "Region Mask Guidance's recomputed activations"),
+    ("comfy.lora", "calculate_weight", "the heads' model fingerprint (LoRAs at the gated sites)"),
+    ("comfy.utils", "get_attr", "the heads' model fingerprint"),
     ("comfy.model_patcher", "create_model_options_clone", "the per-run state"),
     ("comfy.patcher_extension", "WrappersMP.OUTER_SAMPLE", "the per-run state"),
     ("comfy.patcher_extension", "WrappersMP.SAMPLER_SAMPLE", "Region Mask Guidance"),
