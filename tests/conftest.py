@@ -145,23 +145,38 @@ class _ServerStub:
         pass
 
 
-@pytest.fixture(scope="session")
-def run_graph(host_nodes):
-    """Validates an API-format prompt with the host and runs it through the real
-    executor; returns the history entry's outputs, or raises with the host's errors."""
+def _executed(executor, prompt: dict) -> dict:
+    """Validates an API-format prompt with the host and runs it through ``executor``;
+    returns the history entry's outputs, or raises with the host's errors."""
     import uuid
 
     import execution
+    prompt_id = str(uuid.uuid4())
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid:
+        raise AssertionError(f"prompt invalid: {error} {node_errors}")
+    executor.execute(prompt, prompt_id, {}, outputs)
+    if not executor.success:
+        errors = [m for m in executor.status_messages if m[0] == "execution_error"]
+        raise RuntimeError(f"execution failed: {errors}")
+    return executor.history_result["outputs"]
 
-    def run(prompt: dict) -> dict:
-        prompt_id = str(uuid.uuid4())
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        if not valid:
-            raise AssertionError(f"prompt invalid: {error} {node_errors}")
-        executor = execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC)
-        executor.execute(prompt, prompt_id, {}, outputs)
-        if not executor.success:
-            errors = [m for m in executor.status_messages if m[0] == "execution_error"]
-            raise RuntimeError(f"execution failed: {errors}")
-        return executor.history_result["outputs"]
-    return run
+
+def _executor():
+    import execution
+    return execution.PromptExecutor(_ServerStub(), cache_type=execution.CacheType.CLASSIC)
+
+
+@pytest.fixture(scope="session")
+def run_graph(host_nodes):
+    """Runs a prompt through a fresh executor of the real host (no cache from earlier
+    runs); returns the history entry's outputs."""
+    return lambda prompt: _executed(_executor(), prompt)
+
+
+@pytest.fixture
+def graph_queue(host_nodes):
+    """Runs prompts through ONE executor, its cache kept between them as a running
+    server's queue keeps it; returns (outputs, the executor) of each run."""
+    executor = _executor()
+    return lambda prompt: (_executed(executor, prompt), executor)

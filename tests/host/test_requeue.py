@@ -2,9 +2,6 @@
 output whose inputs did not change): a graph queued again with one widget changed, then
 changed back, gives exactly what a fresh executor gives each time; nothing of ours
 leaks from one run into the next through the cached model."""
-import asyncio
-import uuid
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,33 +27,14 @@ def graph(mode: str, alpha: float) -> dict:
     }
 
 
-class _Server:
-    """What PromptExecutor needs of the server."""
-    client_id = last_node_id = last_prompt_id = None
-    sockets_metadata = {}
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
 @pytest.fixture
-def queue(host_nodes):
-    """Runs prompts through one executor (its cache kept between them, like the server's
-    queue); returns each run's image as an array and the nodes it took from the cache."""
-    import execution
+def queue(graph_queue):
+    """Returns each queued run's image as an array and the nodes it took from the cache."""
     import folder_paths
-    executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
 
     def run(prompt: dict):
-        prompt_id = str(uuid.uuid4())
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        assert valid, (error, node_errors)
-        executor.execute(prompt, prompt_id, {}, outputs)
-        assert executor.success, executor.status_messages
-        [image] = executor.history_result["outputs"]["9"]["images"]
+        outputs, executor = graph_queue(prompt)
+        [image] = outputs["9"]["images"]
         path = f"{folder_paths.get_temp_directory()}/{image['subfolder']}/{image['filename']}"
         cached = {n for m in executor.status_messages if m[0] == "execution_cached" for n in m[1]["nodes"]}
         return np.asarray(Image.open(path)).copy(), cached
@@ -66,7 +44,7 @@ def queue(host_nodes):
 @pytest.mark.parametrize("a, b", [(("guidance", 0.08), ("guidance", 0.04)),          # one widget changed
                                   (("guidance", 0.08), ("swapping", 0.08)),
                                   (("swapping", 0.08), ("paint-with-words", 0.08))])
-def test_requeue_with_one_widget_changed_and_back(host_nodes, queue, run_graph, a, b):
+def test_requeue_with_one_widget_changed_and_back(queue, run_graph, a, b):
     """A, then A with one widget changed (B), then A again: A twice is bit-equal, and B
     after A through the cache equals B on a fresh executor."""
     import folder_paths
