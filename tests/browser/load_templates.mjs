@@ -27,12 +27,34 @@ const searchResults = () => [...document.querySelectorAll(".comfy-vue-node-searc
 
 // Types ``query`` into the node search box on an empty canvas and presses Enter: returns the
 // top five results as listed and the type of the node that Enter added.
-async function searchNode(page, query) {
-  await page.evaluate(() => window.app.graph.clear());
-  const canvas = await page.locator("#graph-canvas").boundingBox();
-  await page.mouse.dblclick(canvas.x + canvas.width / 2, canvas.y + canvas.height / 2);
+// A fresh user directory makes the frontend open the template browser on first load
+// (Comfy.TutorialCompleted unset), at a moment of its own: a double-click that lands while
+// its dialog is up, or before it opens, never reaches the canvas. So close whatever dialog
+// is open, double-click, and try again while no search box appears.
+async function openSearchBox(page, shots) {
   const input = page.locator('input[id^="comfy-vue-node-search-box-input"]');
-  await input.waitFor({ state: "visible", timeout: 10000 });
+  for (let attempt = 1; ; attempt++) {
+    for (let i = 0; i < 20 && await page.locator(".p-dialog:visible").count(); i++) {
+      await page.keyboard.press("Escape");
+      await page.waitForTimeout(250);
+    }
+    await page.evaluate(() => window.app.graph.clear());
+    const canvas = await page.locator("#graph-canvas").boundingBox();
+    await page.mouse.dblclick(canvas.x + canvas.width / 2, canvas.y + canvas.height / 2);
+    try {
+      await input.waitFor({ state: "visible", timeout: 5000 });
+      return input;
+    } catch (error) {
+      if (attempt === 4) {
+        await page.screenshot({ path: `${shots}/node_search_failed.png` });
+        throw error;
+      }
+    }
+  }
+}
+
+async function searchNode(page, query, shots) {
+  const input = await openSearchBox(page, shots);
   await input.pressSequentially(query, { delay: 20 });
   // the list is searched 100 ms after the last key: wait until it has stood still for 500 ms
   let last = null;
@@ -63,7 +85,7 @@ try {
   await page.waitForSelector(".p-blockui-mask", { state: "hidden", timeout: 60000 }).catch(() => {});
 
   const nodeSearch = [];
-  for (const query of searches) nodeSearch.push(await searchNode(page, query));
+  for (const query of searches) nodeSearch.push(await searchNode(page, query, shots));
   console.log(JSON.stringify({ node_search: nodeSearch }));
 
   // The template browser, on our pack's category: what a newcomer opens first.
