@@ -4,7 +4,7 @@
 STEPS = 30              # schedule length (Endo: 30% of the steps guided)
 GUIDED_PERCENT = 0.3
 CFG = 5.0
-VARIANTS = ("gating", "self-gating", "visualized", "swapping", "paint-with-words",
+VARIANTS = ("gating", "self-gating", "visualized", "swapping", "paint-with-words", "paint-and-suppress",
             "guidance-all", "guidance-mid", "guidance-encoder")
 # Asked for by name only: guidance keeping every activation for its backward (what it did
 # before it recomputed them), which at 1024 px does not fit a 24 GiB CPU machine in fp32.
@@ -15,6 +15,7 @@ LABELS = {
     "visualized": "  after Visualize Gates ran on it",
     "swapping": "Region Mask Guidance: swapping, all sites",
     "paint-with-words": "Region Mask Guidance: paint-with-words, all",
+    "paint-and-suppress": "Region Mask Guidance: paint-and-suppress, all, whole run",
     "guidance-all": "Region Mask Guidance: guidance, all sites",
     "guidance-mid": "Region Mask Guidance: guidance, mid-resolution",
     "guidance-encoder": "Region Mask Guidance: guidance, encoder",

@@ -79,13 +79,14 @@ def variants(plain, names, size):
             plain, heads, threshold=0.5, mode="hard", start_percent=0.0, end_percent=1.0, apply_to_uncond=True,
             self_attention_gating=self_gating).args[0]
 
-    def region(mode, sites):
+    def region(mode, sites, end=GUIDED_PERCENT):
         return nodes_regions.MaskAttnRegionGuidance.execute(
-            plain, regions, mode, 0.08, 0.5, 0.3, 0.0, GUIDED_PERCENT, sites).args[0]
+            plain, regions, mode, 0.08, 0.5, 0.3, 0.0, end, sites).args[0]
 
     build = {
         "gating": lambda: gated(False), "self-gating": lambda: gated(True), "visualized": lambda: gated(False),
         "swapping": lambda: region("swapping", "all"), "paint-with-words": lambda: region("paint-with-words", "all"),
+        "paint-and-suppress": lambda: region("paint-and-suppress", "all", end=1.0),     # its default: the whole run
         "guidance-all": lambda: region("guidance", "all"), "guidance-mid": lambda: region("guidance", "mid-resolution"),
         "guidance-encoder": lambda: region("guidance", "encoder"),
         "guidance-all-kept": lambda: patching.keeping_activations(region("guidance", "all")),

@@ -19,6 +19,8 @@ scorer is a --rescore, not a rerun.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import time
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from . import cli, host, scoring, shapes
+from . import cli, host, odd_layouts, peer_densediffusion, scoring, shapes
 
 host.import_host()
 import nodes as host_nodes  # noqa: E402  (the host's core nodes: KSampler's common_ksampler, VAE Decode)
@@ -42,24 +44,33 @@ from comfyui_maskattn.nodes.nodes_gating import MaskAttnApplyMaskedCrossAttentio
 from comfyui_maskattn.nodes.nodes_regions import (  # noqa: E402
     MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance)
 
+from . import modulation  # noqa: E402  (imports our package's ops)
 from .eval_records import IMAGES, RESULTS, kept, slug  # noqa: E402
-from .shapes_model import through_vae  # noqa: E402
+from .shapes_model import image_through_vae, through_vae  # noqa: E402
 
 log = logging.getLogger(__name__)
 GRID_SETS = 6                       # sets per row kept as PNGs for the grid
+PEER_COMMIT = "densediffusion_commit.txt"   # beside the rows' records: the peer pack's commit
+PAIRED_AGAINST = ("none", "guidance a=0.04", "DenseDiffusion (peer)")
+# the rows of the README's picture grid (shapes_eval*_featured.png)
+FEATURED = ("none", "guidance a=0.04", "DenseDiffusion (peer)", "paint-and-suppress w'=1.0 lambda 0.5")
 
 
 @dataclass
 class Row:
     name: str
-    mode: str | None = None         # Region Mask Guidance mode, or None
+    mode: str | None = None         # Region Mask Guidance mode(s), "+" between stacked nodes, or None
     alpha: float = 0.08
     weight: float = 0.3
+    lam: float = 0.5                # guidance's and paint-and-suppress's lambda
+    self_weight: float = 0.3        # modulation's w at self-attention (lab: maskattn_lab/modulation.py)
+    end: float | tuple = 0.3        # end_percent, or one per stacked mode
     boxes: bool = False             # regions as bounding boxes instead of the shapes' masks
     heads: str | None = None        # name given with --heads
     gate_start: float = 0.0         # gates act from this share of the steps on
     suppress: str | None = None     # ablation: the objects' words switched off at these sites
     reference: bool = False         # no sampling: the scene's own rendering through the VAE
+    peer: bool = False              # DenseDiffusion's own pack (--densediffusion), not our nodes
     extra: dict = field(default_factory=dict)
 
 
@@ -67,11 +78,24 @@ def rows_for(heads: dict[str, Path]) -> list[Row]:
     # the scorer's ceiling: what a perfect generator scores once the VAE has blurred it
     rows = [Row("rendered scene through the VAE", reference=True),
             Row("none"),
+            Row("DenseDiffusion (peer)", peer=True),
             *[Row(f"paint-with-words w'={w}", mode="paint-with-words", weight=w) for w in (0.1, 0.3, 1.0)],
             Row("swapping", mode="swapping"),
             *[Row(f"guidance a={a}", mode="guidance", alpha=a) for a in (0.01, 0.04, 0.08, 0.16)],
             Row("guidance a=0.08, boxes", mode="guidance", alpha=0.08, boxes=True),
             Row("swapping, boxes", mode="swapping", boxes=True),
+            # DenseDiffusion's own attention modulation (Kim et al. 2023; its defaults w 1.0 / 0.3, first 30%)
+            *[Row(f"modulation w={w}/{ws}", mode="modulation", weight=w, self_weight=ws) for w, ws in ((1.0, 0.3), (4.0, 1.0))],
+            Row("guidance a=0.04 + modulation w=1.0/0.3", mode="guidance+modulation", alpha=0.04, weight=1.0),
+            # the baselines for the whole run
+            Row("swapping to 100%", mode="swapping", end=1.0),
+            Row("paint-with-words w'=1.0 to 100%", mode="paint-with-words", weight=1.0, end=1.0),
+            # paint-and-suppress (the node's default: w' 1.0, lambda 0.5, the whole run)
+            *[Row(f"paint-and-suppress w'={w} lambda {lam}", mode="paint-and-suppress", weight=w, lam=lam, end=1.0)
+              for w, lam in ((1.0, 0.5), (1.0, 0.25), (1.0, 1.0), (2.0, 0.5))],
+            Row("paint-and-suppress w'=1.0 lambda 0.5 to 30%", mode="paint-and-suppress", weight=1.0, lam=0.5),
+            Row("paint-and-suppress w'=1.0 lambda 0.5, boxes", mode="paint-and-suppress", weight=1.0, lam=0.5,
+                end=1.0, boxes=True),
             # ablation: do the colours come from the object words at these sites (gates act on them)?
             *[Row(f"object words off at {sites} sites", suppress=sites) for sites in ("mid-resolution", "all")]]
     for name in heads:
@@ -100,6 +124,9 @@ class Generator:
         self.model, self.clip, self.vae, self.args = model, clip, vae, args
         self.heads = {name: load_heads(path) for name, path in heads.items()}
         self.negative = host_nodes.CLIPTextEncode().encode(clip, "")[0]
+        self.densediffusion = None
+        if getattr(args, "densediffusion", None):
+            self.densediffusion, self.densediffusion_commit = peer_densediffusion.load(args.densediffusion)
 
     def reference(self, scene) -> np.ndarray:
         return through_vae(self.vae, scene)
@@ -122,15 +149,36 @@ class Generator:
                                                               row.gate_start, 1.0, True).result[0]
         if row.mode:
             regions = self.regions(prompt, scene, masks, row.boxes)
-            model = MaskAttnRegionGuidance.execute(model, regions, row.mode, row.alpha, 0.5, row.weight, 0.0, 0.3,
-                                                   "all").result[0]
+            modes = row.mode.split("+")
+            ends = row.end if isinstance(row.end, tuple) else (row.end,) * len(modes)
+            for mode, end in zip(modes, ends):
+                if mode == "modulation":
+                    model = modulation.install(model, regions, row.weight, row.self_weight, end)
+                else:
+                    model = MaskAttnRegionGuidance.execute(model, regions, mode, row.alpha, row.lam, row.weight,
+                                                           0.0, end, "all").result[0]
         return model
 
-    def __call__(self, row: Row, seed: int, scene, masks) -> np.ndarray:
+    def peer(self, scene, masks):
+        """(MODEL, positive) from DenseDiffusion's pack: each object's phrase as the caption
+        writes it ("a red circle") with its mask, and the caption."""
+        if self.densediffusion is None:
+            raise SystemExit("the DenseDiffusion row needs --densediffusion PATH (a checkout of the pack)")
+        objects = [(f"a {s.words}", torch.from_numpy(masks[s.words]).float()[None]) for s in scene.shapes]
+        return peer_densediffusion.patched(self.densediffusion, self.model,
+                                           lambda text: host_nodes.CLIPTextEncode().encode(self.clip, text)[0],
+                                           objects, scene.caption)
+
+    def __call__(self, row: Row, seed: int, scene, masks, truth=None) -> np.ndarray:
+        """One image; ``truth`` is the perfect image for the reference row (default: the
+        scene's rendering)."""
         if row.reference:
-            return self.reference(scene)
-        positive, prompt = MaskAttnEncodeRegionPrompt.execute(self.clip, scene.caption).result
-        model = self.patched(row, prompt, scene, masks)
+            return self.reference(scene) if truth is None else image_through_vae(self.vae, truth)
+        if row.peer:
+            model, positive = self.peer(scene, masks)
+        else:
+            positive, prompt = MaskAttnEncodeRegionPrompt.execute(self.clip, scene.caption).result
+            model = self.patched(row, prompt, scene, masks)
         latent = {"samples": torch.zeros(1, 4, scene.size // 8, scene.size // 8)}
         with torch.inference_mode():
             out = host_nodes.common_ksampler(model, seed, self.args.steps, self.args.cfg, self.args.sampler,
@@ -153,21 +201,47 @@ def score(image: np.ndarray, scene, masks, boxes: bool) -> dict[str, float]:
             "binding": binding}
 
 
-def run_row(row: Row, generate: Generator, sets: int, results: Path, images: Path) -> None:
+def odd_score(image: np.ndarray, odd: odd_layouts.OddLayout) -> dict[str, float]:
+    """A layout of odd_layouts: mIoU against the regions as they should show (the top one
+    where two overlap), precision and recall of the named colours, the odd region's own
+    IoU, and for a ring the share of its hole that took the ring's colour. (No binding:
+    a ring or a band has no kind to read.)"""
+    labels = scoring.segment(image)
+    ious = {words: scoring.iou(mask, labels == scoring.NAMES.index(words.split()[0]))
+            for words, mask in odd.scored.items()}
+    precision, recall, _ = scoring.precision_recall_binding(image, [(s.color, s.kind) for s in odd.scene.shapes])
+    record = {"category": odd.category, "miou": float(np.mean(list(ious.values()))), "precision": precision,
+              "recall": recall, "odd_iou": ious[odd.odd]}
+    if odd.hole is not None:
+        record["hole_filled"] = float((labels == scoring.NAMES.index(odd.odd.split()[0]))[odd.hole].mean())
+    return record
+
+
+def evaluation_sets(layouts: str, sets: int, boxes: bool):
+    """(seed, scene, the masks the method is given, the perfect image or None, scorer) per set."""
+    if layouts == "odd":
+        for seed, odd in odd_layouts.held_out(sets):
+            yield seed, odd.scene, odd.given, odd_layouts.render(odd), functools.partial(odd_score, odd=odd)
+        return
+    for seed, scene in shapes.held_out(sets, (2, 4)):
+        _, masks = shapes.render(scene)
+        yield seed, scene, masks, None, functools.partial(score, scene=scene, masks=masks, boxes=boxes)
+
+
+def run_row(row: Row, generate: Generator, sets: int, results: Path, images: Path, layouts: str = "objects") -> None:
     """Every image is kept (lossless PNG) under ``images`` so that --rescore can score
     them again without sampling; the first GRID_SETS also beside the results, for the grid."""
     path = results / f"{slug(row.name)}.jsonl"
     done = {json.loads(line)["seed"] for line in path.read_text().splitlines()} if path.exists() else set()
     (images / slug(row.name)).mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        for index, (seed, scene) in enumerate(shapes.held_out(sets, (2, 4))):
+        for index, (seed, scene, masks, truth, scorer) in enumerate(evaluation_sets(layouts, sets, row.boxes)):
             if seed in done:
                 continue
-            _, masks = shapes.render(scene)
             started = time.perf_counter()
-            image = generate(row, seed, scene, masks)
+            image = generate(row, seed, scene, masks, truth)
             seconds = time.perf_counter() - started
-            record = {"seed": seed, **score(image, scene, masks, row.boxes), "seconds": seconds}
+            record = {"seed": seed, **scorer(image), "seconds": seconds}
             f.write(json.dumps(record) + "\n")
             f.flush()
             Image.fromarray(image).save(images / slug(row.name) / f"{seed}.png")
@@ -192,37 +266,74 @@ def bootstrap(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[f
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summarize(rows: list[Row], sets: int, results: Path) -> str:
-    header = "| row | sets | mIoU | precision | recall | binding | s / image |\n|---|---|---|---|---|---|---|"
-    lines = [header]
+MEASURES = {"objects": ("miou", "precision", "recall", "binding"),
+            "odd": ("miou", "precision", "recall")}
+
+
+def records_of(row: Row, sets: int, results: Path) -> list[dict] | None:
+    path = results / f"{slug(row.name)}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()][:sets] if path.exists() else None
+
+
+def summarize(rows: list[Row], sets: int, results: Path, layouts: str = "objects") -> str:
+    measures = MEASURES[layouts]
+    extra = [f"{c} IoU" for c in odd_layouts.CATEGORIES] + ["ring hole filled"] if layouts == "odd" else []
+    columns = ["row", "sets", *[m if m != "miou" else "mIoU" for m in measures], *extra, "s / image"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        path = results / f"{slug(row.name)}.jsonl"
-        if not path.exists():
+        records = records_of(row, sets, results)
+        if records is None:
             continue
-        records = [json.loads(line) for line in path.read_text().splitlines()][:sets]
         cells = []
-        for key in ("miou", "precision", "recall", "binding"):
+        for key in measures:
             mean, lo, hi = bootstrap([r[key] for r in records])
             cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+        if layouts == "odd":
+            for category in odd_layouts.CATEGORIES:
+                cells.append(f"{np.mean([r['odd_iou'] for r in records if r['category'] == category]):.3f}")
+            cells.append(f"{np.mean([r['hole_filled'] for r in records if 'hole_filled' in r]):.3f}")
         seconds = float(np.median([r["seconds"] for r in records]))
         lines.append(f"| {row.name} | {len(records)} | " + " | ".join(cells) + f" | {seconds:.2f} |")
     return "\n".join(lines)
 
 
-def grid(rows: list[Row], results: Path, out: Path) -> None:
+def paired(rows: list[Row], against: list[str], sets: int, results: Path, layouts: str = "objects") -> str:
+    """Each row minus each row of ``against``, set by set (same seeds): mean difference
+    and its 95% bootstrap interval, per measure."""
+    by_name = {r.name: r for r in rows}
+    lines = ["| row | minus | " + " | ".join(MEASURES[layouts]) + " |", "|---|---|" + "---|" * len(MEASURES[layouts])]
+    for base_name in against:
+        base = records_of(by_name[base_name], sets, results) if base_name in by_name else None
+        if base is None:
+            continue
+        base_by_seed = {r["seed"]: r for r in base}
+        for row in rows:
+            records = records_of(row, sets, results)
+            if records is None or row.name in (base_name, "none") or row.reference:
+                continue
+            pairs = [(r, base_by_seed[r["seed"]]) for r in records if r["seed"] in base_by_seed]
+            cells = []
+            for key in MEASURES[layouts]:
+                mean, lo, hi = bootstrap([a[key] - b[key] for a, b in pairs])
+                cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            lines.append(f"| {row.name} | {base_name} ({len(pairs)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grid(rows: list[Row], results: Path, out: Path, layouts: str = "objects") -> None:
     """The first GRID_SETS sets of every row, regions outlined in their colours."""
-    scenes = list(shapes.held_out(GRID_SETS, (2, 4)))
-    cell, label = 128, 170
-    present = [r for r in rows if (results / f"{slug(r.name)}.{scenes[0][0]}.png").exists()]
-    canvas = Image.new("RGB", (label + cell * len(scenes), cell * (len(present) + 1)), "white")
+    sets = [(seed, scene, truth if truth is not None else shapes.render(scene)[0])
+            for seed, scene, _, truth, _ in itertools.islice(evaluation_sets(layouts, GRID_SETS, False), GRID_SETS)]
+    cell, label = 128, 250
+    present = [r for r in rows if (results / f"{slug(r.name)}.{sets[0][0]}.png").exists()]
+    canvas = Image.new("RGB", (label + cell * len(sets), cell * (len(present) + 1)), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, (seed, scene) in enumerate(scenes):           # first line: the regions asked for
-        image, _ = shapes.render(scene)
-        canvas.paste(image, (label + j * cell, 0))
+    for j, (_, _, truth) in enumerate(sets):              # first line: the regions asked for
+        canvas.paste(truth, (label + j * cell, 0))
     draw.text((4, cell // 2), "regions (ground truth)", fill="black")
     for i, row in enumerate(present, start=1):
         draw.text((4, i * cell + cell // 2), row.name, fill="black")
-        for j, (seed, scene) in enumerate(scenes):
+        for j, (seed, scene, _) in enumerate(sets):
             path = results / f"{slug(row.name)}.{seed}.png"
             if path.exists():
                 canvas.paste(Image.open(path), (label + j * cell, i * cell))
@@ -280,15 +391,23 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", default="normal", help="the host's scheduler name")
     p.add_argument("--quality", type=int, default=0, help="instead: N single- and N two-object prompts, no control")
     p.add_argument("--summary-only", action="store_true", help="only rebuild the table and grid from the results")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the per-row results")
-    p.add_argument("--images", type=Path, default=IMAGES, help="folder of every generated image (for --rescore)")
+    p.add_argument("--layouts", choices=("objects", "odd"), default="objects",
+                   help="objects: held-out scenes, regions the objects' masks; odd: regions of shapes the model "
+                        "never drew (maskattn_lab/odd_layouts.py)")
+    p.add_argument("--densediffusion", type=Path, default=None,
+                   help="a checkout of huchenlei/ComfyUI_densediffusion, for the DenseDiffusion row (never copied here)")
+    p.add_argument("--results", type=Path, default=None, help="folder of the per-row results (default: "
+                   "benchmarks/results/shapes_eval, or shapes_eval_odd)")
+    p.add_argument("--images", type=Path, default=None, help="folder of every generated image (for --rescore)")
     p.add_argument("--rescore", action="store_true",
                    help="score the rows' kept images again instead of sampling, then summarise")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: torch's default); on 2 cores two 1-thread runs over different --rows "
                         "beat one 2-thread run")
     args = p.parse_args(argv)
-    results = args.results
+    suffix = "" if args.layouts == "objects" else "_odd"
+    results = args.results or RESULTS.with_name(RESULTS.name + suffix)
+    args.images = args.images or IMAGES.with_name(IMAGES.name.replace("shapes_eval", "shapes_eval" + suffix))
     cli.setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -303,6 +422,8 @@ def main(argv=None) -> int:
         rows = [r for r in rows if r.name in wanted]
     results.mkdir(parents=True, exist_ok=True)
     if args.rescore:
+        if args.layouts != "objects":
+            p.error("--rescore reads the object scenes' images; rerun odd layouts instead")
         for row in rows:
             if (results / f"{slug(row.name)}.jsonl").exists():
                 rescore(row, results, args.images)
@@ -317,12 +438,20 @@ def main(argv=None) -> int:
             print(report)
             return 0
         for row in rows:
-            run_row(row, generate, args.sets, results, args.images)
-    table = summarize(rows, args.sets, results)
-    settings = f"{args.sets} sets, {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}, regions act in the first 30% of steps at all sites"
-    (results.parent / "shapes_eval.md").write_text(f"{settings}\n\n{table}\n")
-    grid(rows, results, results.parent / "shapes_eval_grid.png")
-    print(settings)
-    print(table)
+            run_row(row, generate, args.sets, results, args.images, args.layouts)
+            if row.peer:
+                (results / PEER_COMMIT).write_text(f"huchenlei/ComfyUI_densediffusion {generate.densediffusion_commit}\n")
+    table = summarize(rows, args.sets, results, args.layouts)
+    differences = paired(rows, PAIRED_AGAINST, args.sets, results, args.layouts)
+    settings = (f"{args.sets} sets ({args.layouts} layouts), {args.sampler}/{args.scheduler}, {args.steps} steps, "
+                f"cfg {args.cfg}; regions at all sites, in the first 30% of steps unless the row says otherwise")
+    peer = (results / PEER_COMMIT).read_text().strip() if (results / PEER_COMMIT).exists() else "not run"
+    report = (f"{settings}\nDenseDiffusion row: {peer}\n\n{table}\n\n"
+              f"Paired differences (same seeds), mean [95% bootstrap interval]:\n\n{differences}\n")
+    (results.parent / f"shapes_eval{suffix}.md").write_text(report)
+    grid(rows, results, results.parent / f"shapes_eval{suffix}_grid.png", args.layouts)
+    grid([r for r in rows_for({}) if r.name in FEATURED], results, results.parent / f"shapes_eval{suffix}_featured.png",
+         args.layouts)
+    print(report)
     return 0
 

@@ -89,7 +89,11 @@ def through_vae(vae: comfy.sd.VAE, scene: shapes.Scene) -> np.ndarray:
     """The scene's own rendering, encoded and decoded by ``vae`` ((H, W, 3) uint8): what a
     perfect diffusion model on this VAE gives back, so what the evaluator's readings of
     generated images can at best be."""
-    image, _ = shapes.render(scene)
+    return image_through_vae(vae, shapes.render(scene)[0])
+
+
+def image_through_vae(vae: comfy.sd.VAE, image) -> np.ndarray:
+    """An RGB image encoded and decoded by ``vae``: (H, W, 3) uint8."""
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
     with torch.inference_mode():
         decoded = vae.decode(vae.encode(pixels))

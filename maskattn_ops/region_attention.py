@@ -36,24 +36,26 @@ def swap_attention_(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Ten
 
 
 def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: float,
-                     sigma: float | torch.Tensor, max_of: torch.Tensor | None = None) -> torch.Tensor:
+                     sigma: float | torch.Tensor, max_of: torch.Tensor | None = None,
+                     outside: float = 0.0) -> torch.Tensor:
     """eDiff-I's paint-with-words: adds w' * log(1 + sigma) * max(QK^T) to the logits of
     the words in C_i inside S_i (Endo's baseline used w' = 0.3), IN PLACE, and returns
     ``logits``. ``logits`` (B, heads, N, T) are the scaled QK^T; the max is taken per
     sample and head, of ``max_of`` when given (the same values, kept unchanged for
     autograd); ``sigma`` is one value or one per sample. Only the words' columns are
-    written: the bias is zero everywhere else, so no dense bias is built."""
+    written: the bias is zero everywhere else, so no dense bias is built. ``outside`` > 0
+    also SUBTRACTS outside * (the same term) outside S_i (0: eDiff-I's as published)."""
     log_sigma = torch.log1p(torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device)).reshape(-1, 1, 1, 1)
     source = logits if max_of is None else max_of
     scale = weight * log_sigma * source.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
     for region in regions:
         inside = region.mask.to(logits)[:, None, :, None]                             # (B|1, 1, N, 1)
         columns = list(region.positions)
-        logits[..., columns] += region.strength * scale * inside
+        logits[..., columns] += region.strength * scale * (inside - outside * (1 - inside))
     return logits
 
 
-REGION_MODES = ("guidance", "swapping", "paint-with-words")
+REGION_MODES = ("guidance", "swapping", "paint-with-words", "paint-and-suppress")
 
 
 def check_aspect(region, grid: tuple[int, int]) -> None:
@@ -75,10 +77,15 @@ class RegionAttention:
 
     swapping: the bound words' probabilities become the constant maps (Endo Sec. 3.1).
     paint-with-words: w' * log(1 + sigma) * max(QK^T) added to their logits in region.
+    paint-and-suppress: the same inside, and ``outside`` times it SUBTRACTED outside the
+    region (this project's mode, issue 25: docs/evaluation.md, "Region fidelity").
     """
     regions: tuple            # maskattn_ops.regions.Region
     mode: str = "swapping"
-    weight: float = 0.3       # w' of paint-with-words
+    weight: float = 0.3       # w' of paint-with-words and paint-and-suppress
+    outside: float = 0.5      # paint-and-suppress: the push down outside, relative to w'
+
+    PAINTING = ("paint-with-words", "paint-and-suppress")
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
 
@@ -93,9 +100,8 @@ class RegionAttention:
     def active(self, call) -> bool:
         return self.active_sigma(float(call.sigmas.max()))
 
-    def site_regions(self, call) -> tuple[list[slice], list[SiteRegion]]:
-        """(the cond chunks' batch rows, regions with masks for one chunk on the call's
-        grid): every cond chunk holds the same latents, so one set of masks serves all."""
+    def grid_masks(self, call) -> list[torch.Tensor]:
+        """Each region's mask on the call's grid, (B|1, N), on the call's device."""
         out = []
         for index, region in enumerate(self.regions):
             key = (index, call.grid)
@@ -107,26 +113,37 @@ class RegionAttention:
                 raise ValueError(f"Region Mask Guidance: the mask for {region.words!r} has batch "
                                  f"{grid_mask.shape[0]}, the latent batch is {call.chunk_size}: give Bind "
                                  f"Region to Words (mask) one mask, or one per latent")
-            out.append(SiteRegion(grid_mask, tuple(region.positions_for(call.tokens)), region.strength))
+            out.append(grid_mask)
+        return out
+
+    def site_regions(self, call, words: bool = True) -> tuple[list[slice], list[SiteRegion]]:
+        """(the cond chunks' batch rows, regions with masks for one chunk on the call's
+        grid): every cond chunk holds the same latents, so one set of masks serves all.
+        ``words=False`` at self-attention, whose keys are locations, not the prompt's
+        tokens: the regions then carry no positions."""
+        out = [SiteRegion(mask, tuple(region.positions_for(call.tokens)) if words else (), region.strength)
+               for region, mask in zip(self.regions, self.grid_masks(call))]
         return call.cond_chunks(), out
 
     def __call__(self, call) -> None:
-        return None                 # no additive bias: both modes edit the explicit path
+        return None                 # no additive bias: the modes edit the explicit path
 
-    def _acting(self, call, mode: str):
-        """(cond chunks, their regions) when ``mode`` acts on this call, else None."""
-        if self.mode != mode or not self.active(call):
+    def _acting(self, call, modes: tuple[str, ...]):
+        """(cond chunks, their regions) when one of ``modes`` acts on this call, else None."""
+        if self.mode not in modes or not self.active(call):
             return None
         chunks, regions = self.site_regions(call)
         return (chunks, regions) if chunks else None
 
     def logits_edit(self, call):
-        """paint-with-words, in place on the site's own QK^T (computed once, not again
-        for a bias; only the words' columns of the cond rows are written)."""
-        acting = self._acting(call, "paint-with-words")
+        """paint-with-words or paint-and-suppress, in place on the site's own QK^T
+        (computed once, not again for a bias; only the words' columns of the cond rows
+        are written)."""
+        acting = self._acting(call, self.PAINTING)
         if acting is None:
             return None
         chunks, regions = acting
+        outside = self.outside if self.mode == "paint-and-suppress" else 0.0
         sigmas = call.sigmas.to(call.q.device)                                          # one per latent
 
         def edit(logits):
@@ -134,13 +151,13 @@ class RegionAttention:
             if logits.requires_grad:      # a guidance pass: autograd needs them as they were
                 logits = logits.clone()
             for rows in chunks:
-                paint_with_words_(logits[rows], regions, self.weight, sigmas, max_of=source[rows])
+                paint_with_words_(logits[rows], regions, self.weight, sigmas, max_of=source[rows], outside=outside)
             return logits
         return edit
 
     def probs_edit(self, call):
         """swapping, in place on the site's own probabilities (the cond rows' word columns)."""
-        acting = self._acting(call, "swapping")
+        acting = self._acting(call, ("swapping",))
         if acting is None:
             return None
         chunks, regions = acting

@@ -103,33 +103,41 @@ class MaskAttnRegionGuidance(io.ComfyNode):
             display_name="Region Mask Guidance",
             category=CATEGORY,
             description=(
-                "Steers where bound words appear, at the chosen cross-attention sites during the "
-                "first part of sampling. guidance (Endo Sec. 3.2): on each guided step the latent "
-                "moves down the gradient of a loss that rewards the words' attention inside their "
-                "region and penalises it outside (lambda), by alpha; the model's own attention does "
-                "the rest. swapping (Endo Sec. 3.1): the words' attention becomes 1/|words| inside "
-                "their region and 0 outside. paint-with-words (eDiff-I): w' * log(1 + sigma) * "
-                "max(QK^T) is added to their attention logits inside the region."),
+                "Steers where bound words appear, at the chosen cross-attention sites, between "
+                "start_percent and end_percent of sampling. paint-and-suppress (the default, the "
+                "closest to the regions in this pack's measurements): w' * log(1 + sigma) * max(QK^T) "
+                "is added to the words' attention logits inside their region and lambda times that "
+                "taken away outside, for the whole run. guidance (Endo Sec. 3.2): on each guided step "
+                "the latent moves down the gradient of a loss that rewards the words' attention inside "
+                "their region and penalises it outside (lambda), by alpha, in the first 30% of steps "
+                "(set end_percent to 0.3). swapping (Endo Sec. 3.1): the words' attention becomes "
+                "1/|words| inside their region and 0 outside. paint-with-words (eDiff-I): the inside "
+                "term of paint-and-suppress alone."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer."),
                 Regions.Input("regions", tooltip="From Bind Region to Words."),
-                io.Combo.Input("mode", options=list(REGION_MODES), default="guidance",
-                               tooltip="How the regions act: guidance (the paper's method), swapping or paint-with-words."),
+                io.Combo.Input("mode", options=list(REGION_MODES), default="paint-and-suppress",
+                               tooltip="How the regions act: paint-and-suppress (closest to the regions, no backward "
+                                       "pass), guidance (Endo's method), swapping or paint-with-words (the baselines "
+                                       "Endo compares with)."),
                 used_when(io.Float.Input("alpha", default=0.08, min=0.0, max=10.0, step=0.01,
                                          tooltip="Guidance step size (Endo: 0.08). The loss is rescaled so alpha "
                                                  "means the same at any resolution and layer count."),
                           "mode", "guidance"),
                 used_when(io.Float.Input("lam", default=0.5, min=0.0, max=10.0, step=0.05, display_name="lambda",
-                                         tooltip="Weight of the penalty for attention outside the region (Endo's "
-                                                 "lambda: 0.5)."),
-                          "mode", "guidance"),
-                used_when(io.Float.Input("weight", default=0.3, min=0.0, max=5.0, step=0.05,
-                                         tooltip="w' of paint-with-words (the papers use 0.3)."),
-                          "mode", "paint-with-words"),
+                                         tooltip="Weight of what acts outside the region against what acts inside: "
+                                                 "guidance's penalty (Endo's lambda: 0.5), paint-and-suppress's "
+                                                 "push down."),
+                          "mode", "guidance", "paint-and-suppress"),
+                used_when(io.Float.Input("weight", default=1.0, min=0.0, max=5.0, step=0.05,
+                                         tooltip="w' of paint-with-words and paint-and-suppress (eDiff-I and Endo "
+                                                 "used 0.3; 1.0 follows the regions more closely on the shapes model)."),
+                          "mode", "paint-with-words", "paint-and-suppress"),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which the regions start to act."),
-                io.Float.Input("end_percent", default=0.3, min=0.0, max=1.0, step=0.01,
-                               tooltip="Sampling progress at which they stop (Endo: the first 30%)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which they stop (paint-and-suppress: the whole run; "
+                                       "Endo's guidance and its baselines: the first 30%, 0.3)."),
                 io.Combo.Input("sites", options=list(SITE_SETS), default="all",
                                tooltip="Cross-attention sites to act at (Endo: all). encoder: the input blocks' "
                                        "sites only, the cheapest guidance (its pass stops after them)."),
@@ -139,7 +147,7 @@ class MaskAttnRegionGuidance(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="The steered model.")],
             **newer_schema_fields(search_aliases=[
                 "region guidance", "masked attention guidance", "regional prompting", "attention mask",
-                "layout guidance", "masked-attention swapping", "paint with words"]),
+                "layout guidance", "masked-attention swapping", "paint with words", "paint and suppress"]),
         )
 
     @classmethod
@@ -149,7 +157,7 @@ class MaskAttnRegionGuidance(io.ComfyNode):
             raise ValueError("Region Mask Guidance (regions): no regions bound")
         window = patching.sigma_window(model, start_percent, end_percent, "Region Mask Guidance")
         chosen = [s.strip() for s in site_list.split(",") if s.strip()] or sites
-        provider = RegionAttention(tuple(regions), mode=mode, weight=weight, **window)
+        provider = RegionAttention(tuple(regions), mode=mode, weight=weight, outside=lam, **window)
         try:
             names = [s.name for s in select_sites(patching.discover_sites(model), chosen)]
         except ValueError as e:

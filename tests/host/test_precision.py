@@ -32,6 +32,7 @@ def modes(host, nodes_regions, tiny_models):
         "gating": lambda model: nodes_gating.MaskAttnApplyMaskedCrossAttention.execute(
             model, heads, 0.5, "hard", 0.0, 1.0, True, self_attention_gating=True).args[0],
         "guidance": region("guidance"), "swapping": region("swapping"), "paint-with-words": region("paint-with-words"),
+        "paint-and-suppress": region("paint-and-suppress"),
     }
 
 

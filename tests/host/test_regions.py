@@ -93,10 +93,14 @@ def test_swapping_sets_the_words_maps_at_every_site(nodes_regions, patching, tin
         assert not torch.allclose(probs[~cond][..., 2], expected.expand_as(probs[~cond][..., 2]))  # uncond untouched
 
 
-def test_paint_with_words_raises_the_words_logits_inside_only(nodes_regions, patching, tiny_models, prompt, sample):
+@pytest.mark.parametrize("mode", ["paint-with-words", "paint-and-suppress"])
+def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outside(
+        nodes_regions, patching, tiny_models, prompt, sample, mode):
+    """paint-with-words adds c = w' log(1 + sigma) max(QK^T) inside the region and nothing
+    outside; paint-and-suppress also takes lambda * c away outside (lambda 0.7 here)."""
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half())
-    model = guide(nodes_regions, tiny_models[0], regions, mode="paint-with-words", end=1.0)
+    model = guide(nodes_regions, tiny_models[0], regions, mode=mode, end=1.0, lam=0.7)
     changes = []                                   # (call, logits after - before)
 
     class Recorder:
@@ -121,11 +125,19 @@ def test_paint_with_words_raises_the_words_logits_inside_only(nodes_regions, pat
     for call, bias in changes:
         inside = mask_to_grid(left_half(), call.grid)[0] > 0.5
         cond = ~call.is_uncond()
-        assert (bias[cond][:, :, inside, 2] > 0).all() and (bias[cond][:, :, ~inside, 2] == 0).all()
+        painted = bias[cond][..., 2]                                       # (rows, heads, N)
+        assert (painted[:, :, inside] > 0).all()
+        per_head = painted[:, :, inside][..., :1]                          # c, the same at every location
+        torch.testing.assert_close(painted[:, :, inside], per_head.expand_as(painted[:, :, inside]))
+        outside = painted[:, :, ~inside]
+        if mode == "paint-with-words":
+            assert (outside == 0).all()
+        else:
+            torch.testing.assert_close(outside, (-0.7 * per_head).expand_as(outside))
         assert (bias[~cond] == 0).all() and (bias[..., 3] == 0).all()
 
 
-@pytest.mark.parametrize("mode", ["swapping", "paint-with-words"])
+@pytest.mark.parametrize("mode", ["swapping", "paint-with-words", "paint-and-suppress"])
 def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, prompt, sample, mode):
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half())
@@ -133,7 +145,7 @@ def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, prompt
     assert torch.equal(sample(model), sample(tiny_models[0]))
 
 
-@pytest.mark.parametrize("mode", ["swapping", "paint-with-words"])
+@pytest.mark.parametrize("mode", ["swapping", "paint-with-words", "paint-and-suppress"])
 def test_modes_raise_the_words_attention_mass_inside(nodes_regions, patching, tiny_models, prompt, sample, mode):
     """The attention the sites really use, on the cond rows during the window. (The
     lasting effect, after the window, needs a model that learned something: the random
@@ -172,7 +184,7 @@ def test_mask_batch_must_match_latent_batch(nodes_regions, tiny_models, prompt, 
 def test_attention_modes_run_with_every_sampler(nodes_regions, tiny_models, prompt, sample, sampler):
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half())
-    for mode in ("swapping", "paint-with-words"):
+    for mode in ("swapping", "paint-with-words", "paint-and-suppress"):
         assert torch.isfinite(sample(guide(nodes_regions, tiny_models[0], regions, mode=mode), sampler=sampler, steps=3)).all()
 
 

@@ -110,7 +110,7 @@ def bound(shipped, nodes_regions):
     return regions
 
 
-@pytest.mark.parametrize("mode", ["guidance", "swapping", "paint-with-words"])
+@pytest.mark.parametrize("mode", ["guidance", "swapping", "paint-with-words", "paint-and-suppress"])
 def test_modes_leave_the_words_attention_inside_after_their_window(patching, shipped, nodes_regions, bound, mode):
     model = shipped[0]
     seeds = range(3)

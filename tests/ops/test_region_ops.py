@@ -84,6 +84,27 @@ def test_paint_with_words_adds_scaled_max_inside_only():
     assert (bias[..., [t for t in range(77) if t != 7]] == 0).all()
 
 
+def test_paint_and_suppress_written_out():
+    """paint-and-suppress per location p and word w of a region with (soft) mask m:
+    bias = strength * w' * log(1 + sigma) * max(QK^T) * (m[p] - lambda * (1 - m[p]))."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 16, 77, generator=g)
+    mask = torch.rand(1, 16, generator=g)                                      # soft: cells partly inside
+    regions = [SiteRegion(mask, (7, 8), strength=1.5), SiteRegion(1 - mask, (11,))]
+    sigma = torch.tensor([14.6, 2.0])                                          # one per latent
+    bias = paint_with_words_(logits.clone(), regions, weight=1.0, sigma=sigma, outside=0.5) - logits
+    expected = torch.zeros_like(logits)
+    for b in range(2):
+        for h in range(3):
+            top = float(logits[b, h].max())
+            for region in regions:
+                for w in region.positions:
+                    for p in range(16):
+                        m = float(region.mask[0, p])
+                        expected[b, h, p, w] = region.strength * math.log(1 + float(sigma[b])) * top * (m - 0.5 * (1 - m))
+    assert_close(bias, expected)
+
+
 @pytest.mark.parametrize("strength", [0.0, 0.5, 2.0])
 def test_region_strength_scales_each_region_of_each_method(strength):
     """Bind Region to Words' strength: the region's term of Endo's loss times strength,
