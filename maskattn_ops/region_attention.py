@@ -56,6 +56,7 @@ def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: f
 
 
 REGION_MODES = ("guidance", "swapping", "paint-with-words", "paint-and-suppress")
+PAINTING_MODES = ("paint-with-words", "paint-and-suppress")     # the modes that edit the logits
 
 
 def check_aspect(region, grid: tuple[int, int]) -> None:
@@ -84,8 +85,6 @@ class RegionAttention:
     mode: str = "swapping"
     weight: float = 0.3       # w' of paint-with-words and paint-and-suppress
     outside: float = 0.5      # paint-and-suppress: the push down outside, relative to w'
-
-    PAINTING = ("paint-with-words", "paint-and-suppress")
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
 
@@ -139,7 +138,7 @@ class RegionAttention:
         """paint-with-words or paint-and-suppress, in place on the site's own QK^T
         (computed once, not again for a bias; only the words' columns of the cond rows
         are written)."""
-        acting = self._acting(call, self.PAINTING)
+        acting = self._acting(call, PAINTING_MODES)
         if acting is None:
             return None
         chunks, regions = acting
