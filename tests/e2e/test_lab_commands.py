@@ -76,7 +76,11 @@ def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
         records = [json.loads(line) for line in (results / f"{row}.jsonl").read_text().splitlines()]
         assert len(records) == 2 and all(0.0 <= r["miou"] <= 1.0 for r in records)
         assert sorted(p.stem for p in (images / row).glob("*.png")) == sorted(str(r["seed"]) for r in records)
-    assert (tmp_path / "shapes_eval.md").read_text().count("\n| ") == 6
+    report = (tmp_path / "shapes_eval.md").read_text()
+    table, paired = report.split("Paired differences")
+    assert table.count("\n| ") == 6                                      # header and 5 rows
+    assert sorted(line.split(" | ")[:2] for line in paired.splitlines() if line.startswith("| ") and "minus" not in line) \
+        == [["| guidance a=0.08", "none (2)"], ["| paint-with-words w'=0.3", "none (2)"], ["| swapping", "none (2)"]]
     assert (tmp_path / "shapes_eval_grid.png").is_file()
 
     path = results / "none.jsonl"
@@ -96,6 +100,17 @@ def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
     row = next(line for line in kinds.stdout.splitlines() if line.startswith("| swapping |")).split(" | ")
     assert int(row[1]) == named and abs(sum(map(float, row[2:6])) - 1.0) < 0.01     # every named object, once
     assert "A wrong kind picked at random would be another object's in " in kinds.stdout
+
+    # the odd layouts: per-category records and their own table; the peer row needs its pack's path
+    odd = [sys.executable, str(REPO / "scripts" / "evaluate_shapes.py"), "--model", str(saved_random), "--layouts", "odd",
+           "--results", str(tmp_path / "odd"), "--images", str(tmp_path / "odd_images"), "--sets", "2", "--steps", "2"]
+    subprocess.run([*odd, "--rows", "none;paint-and-suppress w'=1.0 lambda 0.5"], check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in (tmp_path / "odd" / "none.jsonl").read_text().splitlines()]
+    assert [r["category"] for r in records] == ["ring", "band"] and "hole_filled" in records[0]
+    assert all(0.0 <= r["odd_iou"] <= 1.0 for r in records)
+    assert "| paint-and-suppress w'=1.0 lambda 0.5 | 2 |" in (tmp_path / "shapes_eval_odd.md").read_text()
+    peer = subprocess.run([*odd, "--rows", "DenseDiffusion (peer)"], capture_output=True, text=True)
+    assert peer.returncode != 0 and "--densediffusion PATH" in peer.stderr
 
     quality = subprocess.run([*command, "--quality", "2"], check=True, capture_output=True, text=True)
     assert "1-object prompts, named colour with the named kind:" in quality.stdout
