@@ -96,9 +96,14 @@ class AttentionModulation:
     def logits_edit(self, call):
         if self.weight == 0 or not self.regions.active(call):
             return None
-        chunks, regions = self.regions.site_regions(call, words=self.layer == "attn2")
+        chunks = call.cond_chunks()
         if not chunks:
             return None
+        if self.layer == "attn2":
+            _, regions = self.regions.site_regions(call)
+        else:       # self-attention's keys are locations, not the prompt's tokens: masks only
+            regions = [SiteRegion(mask, (), region.strength)
+                       for region, mask in zip(self.regions.regions, self.regions.grid_masks(call))]
         if self.layer == "attn1":
             target = self_target(regions)
         else:

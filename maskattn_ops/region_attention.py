@@ -115,12 +115,10 @@ class RegionAttention:
             out.append(grid_mask)
         return out
 
-    def site_regions(self, call, words: bool = True) -> tuple[list[slice], list[SiteRegion]]:
+    def site_regions(self, call) -> tuple[list[slice], list[SiteRegion]]:
         """(the cond chunks' batch rows, regions with masks for one chunk on the call's
-        grid): every cond chunk holds the same latents, so one set of masks serves all.
-        ``words=False`` at self-attention, whose keys are locations, not the prompt's
-        tokens: the regions then carry no positions."""
-        out = [SiteRegion(mask, tuple(region.positions_for(call.tokens)) if words else (), region.strength)
+        grid): every cond chunk holds the same latents, so one set of masks serves all."""
+        out = [SiteRegion(mask, tuple(region.positions_for(call.tokens)), region.strength)
                for region, mask in zip(self.regions, self.grid_masks(call))]
         return call.cond_chunks(), out
 
