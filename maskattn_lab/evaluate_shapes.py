@@ -206,14 +206,12 @@ def odd_score(image: np.ndarray, odd: odd_layouts.OddLayout) -> dict[str, float]
     where two overlap), precision and recall of the named colours, the odd region's own
     IoU, and for a ring the share of its hole that took the ring's colour. (No binding:
     a ring or a band has no kind to read.)"""
-    labels = scoring.segment(image)
-    ious = {words: scoring.iou(mask, labels == scoring.NAMES.index(words.split()[0]))
-            for words, mask in odd.scored.items()}
+    ious = scoring.region_ious(image, odd.scored)
     precision, recall, _ = scoring.precision_recall_binding(image, [(s.color, s.kind) for s in odd.scene.shapes])
     record = {"category": odd.category, "miou": float(np.mean(list(ious.values()))), "precision": precision,
               "recall": recall, "odd_iou": ious[odd.odd]}
     if odd.hole is not None:
-        record["hole_filled"] = float((labels == scoring.NAMES.index(odd.odd.split()[0]))[odd.hole].mean())
+        record["hole_filled"] = float(scoring.colour_of(scoring.segment(image), odd.odd)[odd.hole].mean())
     return record
 
 

@@ -49,11 +49,20 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def region_miou(image: np.ndarray, regions: dict[str, np.ndarray]) -> float:
-    """Mean over phrases ("red circle" -> region mask) of IoU(region, pixels of its colour)."""
+def colour_of(labels: np.ndarray, phrase: str) -> np.ndarray:
+    """The pixels (from ``segment``) of a phrase's colour, its first word ("red circle")."""
+    return labels == NAMES.index(phrase.split()[0])
+
+
+def region_ious(image: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per phrase ("red circle" -> region mask): IoU(region, pixels of its colour)."""
     labels = segment(image)
-    scores = [iou(mask, labels == NAMES.index(phrase.split()[0])) for phrase, mask in regions.items()]
-    return float(np.mean(scores))
+    return {phrase: iou(mask, colour_of(labels, phrase)) for phrase, mask in regions.items()}
+
+
+def region_miou(image: np.ndarray, regions: dict[str, np.ndarray]) -> float:
+    """Mean over phrases of IoU(region, pixels of its colour)."""
+    return float(np.mean(list(region_ious(image, regions).values())))
 
 
 def kind_of(mask: np.ndarray) -> str:
