@@ -57,9 +57,9 @@ def self_target(regions: list[SiteRegion]) -> torch.Tensor:
     return torch.einsum("sbp,sbq->bpq", member, member).clamp(max=1)
 
 
-def segment_size(regions: list[SiteRegion], size_weight: float) -> torch.Tensor:
-    """1 - s * S_q: (B|1, N, 1), S_q the share of the grid in query p's segment."""
-    same = self_target(regions)                                                # (B|1, N, N)
+def segment_size(same: torch.Tensor, size_weight: float) -> torch.Tensor:
+    """1 - s * S_q: (B|1, N, 1), S_q the share of the grid in query p's segment, from
+    ``same`` = self_target(regions)."""
     return 1 - size_weight * same.mean(dim=-1, keepdim=True)
 
 
@@ -101,14 +101,13 @@ class AttentionModulation:
             return None
         if self.layer == "attn2":
             _, regions = self.regions.site_regions(call)
+            same = self_target(regions)                                        # (B|1, N, N), for the sizes
+            target = cross_target(regions, call.tokens)
         else:       # self-attention's keys are locations, not the prompt's tokens: masks only
             regions = [SiteRegion(mask, (), region.strength)
                        for region, mask in zip(self.regions.regions, self.regions.grid_masks(call))]
-        if self.layer == "attn1":
-            target = self_target(regions)
-        else:
-            target = cross_target(regions, call.tokens)
-        size = segment_size(regions, self.size_weight)
+            same = target = self_target(regions)
+        size = segment_size(same, self.size_weight)
         strength = self.strength(call)
 
         def edit(logits):
