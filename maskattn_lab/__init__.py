@@ -10,8 +10,9 @@ beyond numpy/PIL.
 - cli: argument parsers with defaults shown; logging through tqdm.
 - shapes, scoring: the rendered-shapes data set and its exact scorer.
 - shapes_model, train_shapes_model: the shapes demo model's build-and-save half and trainer.
-- head_data, head_training, train_heads, inspect_heads: the gate heads' data, training
-  step, training loop and inspection.
+- head_data, train_heads, inspect_heads: the gate heads' COCO data and demo models, the
+  training command (its loop and folder reader are the product's, shared with Train
+  MaskAttn Heads: nodes/head_training.py, nodes/training_data.py), and inspection.
 - evaluate_shapes, kind_errors: the evaluation runner over held-out scenes, and its
   breakdown of wrong kinds.
 - bench_steps, bench_sdxl: speed and memory of every mode, patched vs plain.

@@ -28,9 +28,10 @@ from comfyui_maskattn.maskattn_ops.heads import HeadSet, load_heads  # noqa: E40
 from comfyui_maskattn.maskattn_ops.regions import mask_to_grid  # noqa: E402
 from comfyui_maskattn.maskattn_ops.sites import select_sites  # noqa: E402
 from comfyui_maskattn.nodes import patching  # noqa: E402
+from comfyui_maskattn.nodes.head_training import HeadTrainingStep  # noqa: E402
+from comfyui_maskattn.nodes.training_data import Encoder, pairs_from_folder  # noqa: E402
 
-from .head_data import DEMO_MODELS, Encoder, load_models, pairs_from_folder  # noqa: E402
-from .head_training import HeadTrainingStep  # noqa: E402
+from .head_data import DEMO_MODELS, load_models  # noqa: E402
 
 log = logging.getLogger(__name__)
 NOISE_SEED = 5

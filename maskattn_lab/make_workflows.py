@@ -168,29 +168,37 @@ def guidance_node(g, pos_xy, model, regions, mode, title=None):
     return n
 
 
+def gated_sampling(g: Graph, apply_xy, model, heads, prompt, negative, latent, image_prefix, gates_prefix):
+    """Apply Masked Cross-Attention with ``heads`` (node, slot) at ``apply_xy`` (330 x 240),
+    the sampler row at (800, 0), and Visualize Gates over its image with its Save Image
+    at (800, 340)."""
+    apply_ = g.node("MaskAttnApplyMaskedCrossAttention", apply_xy, [0.5, "hard", 0.0, 1.0, True, False], ["MODEL"],
+                    size=(330, 240))
+    g.connect(model, 0, apply_, "model")
+    g.connect(heads[0], heads[1], apply_, "heads")
+    ks, dec = sampler(g, (800, 0), (apply_, 0), prompt, negative, (latent, 0), model, image_prefix)
+    vis = g.node("MaskAttnVisualizeGates", (800, 340), ["red circle, blue square", "gate probability", "per level",
+                                                        "mid-resolution", 0.5, 0.5, 6.0, 0], ["IMAGE"], size=(340, 420))
+    for src, slot, name in ((apply_, 0, "model"), (prompt, 0, "positive"), (negative, 0, "negative"), (ks, 0, "latent"),
+                            (prompt, 1, "prompt"), (dec, 0, "image")):
+        g.connect(src, slot, vis, name)
+    save = g.node("SaveImage", (1180, 340), [gates_prefix], [], size=(300, 320))
+    g.connect(vis, 0, save, "images")
+
+
 def gating(form: Form):
     g = Graph("Learned gating with Visualize Gates", form)
     model, pos, neg = loader_and_prompts(g)
     latent = empty_latent(g, (360, 340))
     heads = g.node("MaskAttnLoadHeads", (0, 160), [DEMO_HEADS], ["MASKATTN_HEADS"], size=(330, 80))
-    apply_ = g.node("MaskAttnApplyMaskedCrossAttention", (0, 280), [0.5, "hard", 0.0, 1.0, True, False], ["MODEL"],
-                    size=(330, 240))
-    g.connect(model, 0, apply_, "model")
-    g.connect(heads, 0, apply_, "heads")
-    ks, dec = sampler(g, (800, 0), (apply_, 0), pos, neg, (latent, 0), model, "maskattn/gating")
-    vis = g.node("MaskAttnVisualizeGates", (800, 340), ["red circle, blue square", "gate probability", "per level",
-                                                        "mid-resolution", 0.5, 0.5, 6.0, 0], ["IMAGE"], size=(340, 420))
-    for src, slot, name in ((apply_, 0, "model"), (pos, 0, "positive"), (neg, 0, "negative"), (ks, 0, "latent"),
-                            (pos, 1, "prompt"), (dec, 0, "image")):
-        g.connect(src, slot, vis, name)
-    save = g.node("SaveImage", (1180, 340), ["maskattn/gates"], [], size=(300, 320))
-    g.connect(vis, 0, save, "images")
+    gated_sampling(g, (0, 280), model, (heads, 0), pos, neg, latent, "maskattn/gating", "maskattn/gates")
     g.note((0, 560), "MaskAttn-SDXL learned gating (arXiv 2509.15357). Load MaskAttn Heads reads gate heads made "
                      "for one model (models/maskattn; this pack ships the demo model's). Apply Masked "
                      "Cross-Attention adds each token's binary gate (0 keep, -inf suppress; the start token is "
                      "always kept) to the cross-attention logits at the mid-resolution sites. Visualize Gates "
                      "shows where each word may act, over the result."
-                     + ("\n\nFor SDXL, heads trained for your checkpoint are needed (scripts/train_heads.py); with the "
+                     + ("\n\nFor SDXL, heads trained for your checkpoint are needed (the template 'Train gate heads "
+                        "for your model', or scripts/train_heads.py); with the "
                         "demo model's heads, Apply Masked Cross-Attention refuses and lists the files that fit."
                         if form is SDXL else ""), size=(330, 330))
     g.write()
@@ -251,7 +259,43 @@ def inpainting(form: Form):
     g.write()
 
 
-TEMPLATES = (two_regions, side_by_side, inpainting, gating)
+# Train MaskAttn Heads per form: the training set folder (the SDXL form's is the user's,
+# under input/), and name, steps, batch size, learning rate, resolution, seed, mode,
+# sites, mask weight, gradient checkpointing, resume (its widgets in order).
+TRAINING = {SDXL: ("maskattn_training_pairs", ["sdxl_maskattn_heads", 2000, 2, 1e-3, 1024, 0, "hard",
+                                                "mid-resolution", 0.0, True, True]),
+            DEMO: ("[demo] shapes", ["shapes_demo_heads", 100, 4, 1e-3, 128, 0, "hard",
+                                     "mid-resolution", 0.0, True, True])}
+
+
+def training(form: Form):
+    g = Graph("Train gate heads for your model", form)
+    model, pos, neg = loader_and_prompts(g)
+    latent = empty_latent(g, (360, 340))
+    folder, widgets = TRAINING[form]
+    data = g.node("MaskAttnLoadTrainingSet", (0, 160), [folder], ["MASKATTN_TRAINING_SET"], size=(330, 80))
+    train = g.node("MaskAttnTrainHeads", (0, 280), widgets, ["MASKATTN_HEADS", "LOSS_MAP", "INT"], size=(330, 420))
+    for src, slot, name in ((model, 0, "model"), (model, 1, "clip"), (model, 2, "vae"), (data, 0, "training_set")):
+        g.connect(src, slot, train, name)
+    plot = g.node("LossGraphNode", (360, 480), ["maskattn_heads_loss"], [], size=(400, 300))
+    g.connect(train, 1, plot, "loss")
+    gated_sampling(g, (360, 820), model, (train, 0), pos, neg, latent, "maskattn/trained_gating",
+                   "maskattn/trained_gates")
+    data_text = ("Load MaskAttn Training Set reads '[demo] shapes': 64 rendered scenes that ship with this pack. "
+                 if form is DEMO else
+                 "Put your pairs in ComfyUI/input/maskattn_training_pairs/: x.png with its caption in x.txt "
+                 "(optionally x.masks.json: {\"phrase\": \"mask.png\"} for mask supervision), then pick that "
+                 "folder in Load MaskAttn Training Set. ")
+    g.note((0, 740), "Heads for any checkpoint, trained in ComfyUI (MaskAttn-SDXL, arXiv 2509.15357): the model "
+                     "stays frozen and only the small gate heads learn, with the diffusion loss. " + data_text +
+                     "Train MaskAttn Heads shows its progress, saves models/maskattn/<heads_name>.safetensors (for "
+                     "Load MaskAttn Heads later) and passes the heads straight on; Plot Loss Graph draws the loss. "
+                     "Cancel at any time: queueing again with resume on continues where it stopped. Estimate for "
+                     "SDXL on a 24 GB GPU: see the README (Training heads).", size=(330, 360))
+    g.write()
+
+
+TEMPLATES = (two_regions, side_by_side, inpainting, gating, training)
 
 
 def main(argv=None) -> int:

@@ -30,20 +30,25 @@ WORKFLOWS = host.REPO / "example_workflows"
 DEMO_MODEL = {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "shapes-sdxl", "seed": 0}}
 DEMO_SCALE = 8          # the templates are 1024 px; the demo model runs them at 128 px
 DEMO_STEPS = 16
+DEMO_TRAINING_STEPS = 40                 # Train MaskAttn Heads' steps on the demo model
+DEMO_TRAINING_SET = "[demo] shapes"      # the training set that ships with the pack
 # Spatial inputs (pixels) of the nodes the templates use, scaled down for the demo model.
 SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width", "height"),
                   "EmptyImage": ("width", "height"), "MaskComposite": ("x", "y"),
-                  "MaskAttnBindRegion": ("x", "y", "width", "height", "image_width", "image_height")}
+                  "MaskAttnBindRegion": ("x", "y", "width", "height", "image_width", "image_height"),
+                  "MaskAttnTrainHeads": ("resolution",)}
 
 
-def resized(prompt: dict, scale: int, steps: int) -> dict:
-    """The same graph with every pixel size divided by ``scale`` and every sampler
-    capped at ``steps`` steps."""
+def resized(prompt: dict, scale: int, steps: int, training_steps: int = DEMO_TRAINING_STEPS) -> dict:
+    """The same graph with every pixel size divided by ``scale``, every sampler capped
+    at ``steps`` steps and every heads training at ``training_steps``."""
     out = json.loads(json.dumps(prompt))
     for node in out.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "KSampler":
             inputs["steps"] = min(inputs["steps"], steps)
+        if kind == "MaskAttnTrainHeads":
+            inputs["steps"] = min(inputs["steps"], training_steps)
         for name in SPATIAL_INPUTS.get(kind, ()):
             if isinstance(inputs.get(name), int):
                 inputs[name] = max(1, inputs[name] // scale)
@@ -53,12 +58,14 @@ def resized(prompt: dict, scale: int, steps: int) -> dict:
 def on_demo_model(prompt: dict) -> dict:
     """The same graph on the demo model: Load Checkpoint becomes Load MaskAttn Demo Model
     (same MODEL, CLIP, VAE outputs), sizes shrink by DEMO_SCALE and samplers take
-    DEMO_STEPS steps (the tiny model on a CPU). The SDXL forms already name the demo
-    model's heads (the only heads this pack ships)."""
+    DEMO_STEPS steps (the tiny model on a CPU), heads train on the shipped training set.
+    The SDXL forms already name the demo model's heads (the only heads this pack ships)."""
     out = resized(prompt, DEMO_SCALE, DEMO_STEPS)
     for node in out.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node.update(json.loads(json.dumps(DEMO_MODEL)))
+        if node["class_type"] == "MaskAttnLoadTrainingSet":
+            node["inputs"]["folder"] = DEMO_TRAINING_SET
     return out
 
 

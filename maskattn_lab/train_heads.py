@@ -10,7 +10,8 @@ with its image folder. Optional mask supervision (beyond the paper): instance ma
 phrase of the caption (``x.masks.json`` in the folder, or --coco-instances) add a BCE
 term on the gates of the phrase's tokens, weighted by --mask-weight. Images are VAE-encoded and captions CLIP-encoded with the
 checkpoint's own models; the loss is the diffusion loss in the model's own output space
-at sigmas of its own schedule (maskattn_lab/head_training.py). Only the heads train. A resume file
+at sigmas of its own schedule (nodes/head_training.py: the loop Train MaskAttn Heads runs
+too, with the same data reader). Only the heads train. A resume file
 (``--out`` + ".resume.pt": heads, optimizer, step) is written every --checkpoint-every
 steps; --resume continues from it exactly (noise and sigmas are drawn per sample from
 (seed, step, sample index), so they do not depend on the process count either). The
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -30,15 +30,11 @@ from tqdm import tqdm
 from . import cli, host
 
 host.import_host()
-import comfy.model_management  # noqa: E402
+from comfyui_maskattn.maskattn_ops.heads import save_heads  # noqa: E402
+from comfyui_maskattn.nodes.head_training import HeadTrainer, ResumeError, TrainingSettings  # noqa: E402
+from comfyui_maskattn.nodes.training_data import DataError, pairs_from_folder  # noqa: E402
 
-from comfyui_maskattn.maskattn_ops.heads import HeadSet, save_heads  # noqa: E402
-from comfyui_maskattn.maskattn_ops.sites import select_sites  # noqa: E402
-from comfyui_maskattn.nodes import patching  # noqa: E402
-
-from .head_data import (DEMO_MODELS, DataError, Encoder, epoch_order, fixed_batch_loss,  # noqa: E402
-                        load_models, noise_and_sigma, pairs_from_coco, pairs_from_folder)
-from .head_training import HeadTrainingStep  # noqa: E402
+from .head_data import DEMO_MODELS, load_models, pairs_from_coco  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=["hard", "soft"], default="hard",
                    help="hard: binary gates with the straight-through estimator (the paper); soft: log-probability bias")
     p.add_argument("--resolution", type=int, default=1024, help="image size the pairs are cropped to (pixels)")
+    p.add_argument("--recompute", action="store_true",
+                   help="gradient checkpointing: the frozen UNet keeps only its parts' inputs for the backward "
+                        "(less memory, about one more forward)")
     p.add_argument("--cache-latents", action="store_true",
                    help="keep each image's latent in memory after its first encode (small datasets, CPU)")
     p.add_argument("--seed", type=int, default=0, help="seeds the heads' init, the data order, noise and sigmas")
@@ -79,6 +78,13 @@ def parse_args(argv=None):
     return args
 
 
+def settings_of(args) -> TrainingSettings:
+    return TrainingSettings(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, embed_dim=args.embed_dim, threshold=args.threshold,
+        mode=args.mode, sites=args.sites, resolution=args.resolution, seed=args.seed, mask_weight=args.mask_weight,
+        recompute=args.recompute, cache_latents=args.cache_latents)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -88,80 +94,56 @@ def main(argv=None) -> int:
     cli.setup_logging(quiet=rank != 0)
     if world > 1:
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    torch.manual_seed(args.seed)
-    device = comfy.model_management.get_torch_device()
-    model, clip, vae = load_models(args.ckpt, args.demo_model)
-    comfy.model_management.load_models_gpu([model], force_full_load=True)
-    sites = select_sites(patching.discover_sites(model), args.sites.split(",") if "," in args.sites else args.sites)
-    heads = HeadSet.for_sites(sites, embed_dim=args.embed_dim, threshold=args.threshold).to(device)
-    step_module = HeadTrainingStep(model, heads, threshold=args.threshold, mode=args.mode,
-                                   mask_weight=args.mask_weight)
-    trainer = step_module
-    if world > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if use_cuda else None)
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=args.lr, weight_decay=0.0)
-
-    resume_path = Path(str(args.out) + ".resume.pt")
-    step = 0
-    if args.resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        log.info("resumed from %s at step %d", resume_path, step)
-    elif args.resume:
-        log.warning("--resume: no %s yet, starting at step 0", resume_path)
-
     try:
         pairs = (pairs_from_folder(args.pairs) if args.pairs
                  else pairs_from_coco(args.coco_captions, args.images, args.coco_instances))
     except DataError as e:
         raise SystemExit(f"{'--pairs' if args.pairs else '--coco-captions'} {e}") from None
-    encode = Encoder(model, clip, vae, args.resolution, cache_latents=args.cache_latents)
-    batches_per_epoch = len(pairs) // world // args.batch_size
-    if batches_per_epoch == 0:
-        raise SystemExit(f"{len(pairs)} pairs are fewer than one global batch ({world} x {args.batch_size})")
-    sampling = model.model.model_sampling
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda)
-    eval_before = fixed_batch_loss(step_module, encode, pairs, sampling, args.seed, device, args.eval_pairs) if args.eval_pairs else None
+    model, clip, vae = load_models(args.ckpt, args.demo_model)
+
+    def distributed(module):
+        index = torch.cuda.current_device() if use_cuda else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[index] if use_cuda else None)
+
+    try:
+        trainer = HeadTrainer(model, clip, vae, pairs, settings_of(args), rank=rank, world=world,
+                              wrap=distributed if world > 1 else (lambda m: m))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    resume_path = Path(str(args.out) + ".resume.pt")
+    try:
+        resumed = args.resume and trainer.resume_from(resume_path)
+    except ResumeError as e:
+        raise SystemExit(f"--resume: {e}") from None
+    if resumed:
+        log.info("resumed from %s at step %d", resume_path, trainer.step)
+    elif args.resume:
+        log.warning("--resume: no %s yet, starting at step 0", resume_path)
+
+    eval_before = trainer.fixed_batch_loss(args.eval_pairs) if args.eval_pairs else None
     if eval_before is not None:
-        log.info("fixed-batch loss at step %d: %.5f", step, eval_before)
-    losses, started = [], time.monotonic()
-    bar = tqdm(total=args.steps, initial=step, desc="MaskAttn heads", disable=rank != 0)
-    while step < args.steps:
-        epoch, b = divmod(step, batches_per_epoch)
-        indices = epoch_order(len(pairs), epoch, args.seed, rank, world, args.batch_size)[b]
-        latent, context, y, targets = encode([pairs[i] for i in indices], device)
-        noise, sigma = noise_and_sigma(sampling, latent, args.seed, step, indices)
-        with autocast:
-            loss = trainer(latent, noise, sigma, context, y, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        losses.append(loss.item())
+        log.info("fixed-batch loss at step %d: %.5f", trainer.step, eval_before)
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="MaskAttn heads", disable=rank != 0)
+    first_step = trainer.step
+
+    def after_step(t: HeadTrainer) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if step % args.log_every == 0 or step == args.steps:
-            recent = losses[-args.log_every:]
-            log.info("step %d/%d  loss %.5f  %.2f s/step", step, args.steps, sum(recent) / len(recent),
-                     (time.monotonic() - started) / len(losses))
-        if rank == 0 and (step % args.checkpoint_every == 0 or step == args.steps):
-            torch.save({"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, resume_path)
+        bar.set_postfix(loss=f"{t.losses[-1]:.4f}")
+        if t.step % args.log_every == 0 or t.step == args.steps:
+            recent = t.losses[-args.log_every:]
+            log.info("step %d/%d  loss %.5f  %.2f s/step", t.step, args.steps, sum(recent) / len(recent),
+                     t.seconds / (t.step - first_step))
+        if rank == 0 and (t.step % args.checkpoint_every == 0 or t.step == args.steps):
+            t.save_resume(resume_path)
+
+    trainer.run(after_step)
     bar.close()
-    eval_after = fixed_batch_loss(step_module, encode, pairs, sampling, args.seed, device, args.eval_pairs) if args.eval_pairs else None
+    eval_after = trainer.fixed_batch_loss(args.eval_pairs) if args.eval_pairs else None
     if eval_after is not None:
-        log.info("fixed-batch loss at step %d: %.5f", step, eval_after)
+        log.info("fixed-batch loss at step %d: %.5f", trainer.step, eval_after)
     if rank == 0:
-        heads.training_summary = {
-            "steps": step, "global_batch": args.batch_size * world, "lr": args.lr, "seed": args.seed,
-            "resolution": args.resolution, "pairs": len(pairs), "sites": args.sites, "mode": args.mode,
-            "mask_supervision": args.mask_weight if any(s.masks for s in pairs) else 0.0,
-            "base": args.ckpt.name if args.ckpt else f"demo:{args.demo_model}",
-            "final_loss": losses[-1] if losses else None, "fixed_batch_loss": [eval_before, eval_after], "method": "diffusion loss, frozen backbone (arXiv 2509.15357)",
-        }
-        # which model the heads are for: Apply Masked Cross-Attention warns on another one
-        heads.fingerprint = patching.model_fingerprint(model, heads.site_names)
+        base = args.ckpt.name if args.ckpt else f"demo:{args.demo_model}"
+        heads = trainer.finished_heads(base, (eval_before, eval_after))
         save_heads(heads, args.out)
         log.info("wrote %s (%d parameters)", args.out, sum(p.numel() for p in heads.parameters()))
     if world > 1:

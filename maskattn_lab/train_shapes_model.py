@@ -34,9 +34,9 @@ host.import_host()
 from comfy.taesd.taesd import Block  # noqa: E402
 
 from comfyui_maskattn.nodes import demo_models  # noqa: E402
+from comfyui_maskattn.nodes.head_training import output_scale  # noqa: E402
 
 from . import shapes_model  # noqa: E402
-from .head_training import output_scale  # noqa: E402
 
 log = logging.getLogger(__name__)
 CAPTION_DROP = 0.1                 # empty caption rate (classifier-free guidance)

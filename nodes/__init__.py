@@ -13,6 +13,7 @@ from .model_folders import register_heads_folder  # noqa: E402
 from .nodes_demo import MaskAttnLoadDemoModel  # noqa: E402
 from .nodes_gating import MaskAttnApplyMaskedCrossAttention, MaskAttnLoadHeads  # noqa: E402
 from .nodes_regions import MaskAttnBindRegion, MaskAttnEncodeRegionPrompt, MaskAttnRegionGuidance  # noqa: E402
+from .nodes_training import MaskAttnLoadTrainingSet, MaskAttnTrainHeads  # noqa: E402
 from .nodes_visualize import MaskAttnVisualizeGates  # noqa: E402
 
 register_heads_folder()
@@ -24,6 +25,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     MaskAttnBindRegion,
     MaskAttnRegionGuidance,
     MaskAttnVisualizeGates,
+    MaskAttnLoadTrainingSet,
+    MaskAttnTrainHeads,
     MaskAttnLoadDemoModel,
 ]
 

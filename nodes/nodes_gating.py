@@ -120,7 +120,7 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
         except HeadsFileError as e:
             fitting = heads_that_fit(sites)
             hint = (f"heads files that fit this MODEL: {', '.join(fitting)}" if fitting else
-                    "no heads file in models/maskattn fits this MODEL: train some for it (scripts/train_heads.py)")
+                    "no heads file in models/maskattn fits this MODEL: train some for it (Train MaskAttn Heads)")
             raise ValueError(f"Apply Masked Cross-Attention (heads): {e}. {hint}") from None
         cls.check_made_for(model, heads)
         provider = GateBias(heads, threshold=threshold, mode=mode, **window,

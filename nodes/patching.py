@@ -38,6 +38,7 @@ import torch.utils.checkpoint
 import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.ldm.modules.attention as host_attention
 import comfy.lora
+import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.utils
@@ -674,10 +675,17 @@ class FrozenModel:
     The backbone's parameters are frozen (requires_grad off)."""
 
     def __init__(self, patched: ModelPatcher):
+        self.patched = patched
         self._base = patched.model
         self._options = patched.model_options["transformer_options"]
         for p in self._base.parameters():
             p.requires_grad_(False)
+
+    def load(self) -> None:
+        """Loads the patched model whole (its object patches applied) and makes its
+        weights ones autograd can save (a loader node made them under inference mode)."""
+        comfy.model_management.load_models_gpu([self.patched], force_full_load=True)
+        _grad_ready(self._base)
 
     @property
     def model_sampling(self):

@@ -46,3 +46,15 @@ def test_bench_runs_every_part_on_the_tiny_model(host):
                        rf"\(9 of 30 steps guided\)$", out, re.M)
     assert guided, out
     assert out.count("\n", out.index("whole 30-step runs")) == 5, out   # header + one row per variant
+
+
+def test_training_bench_prints_both_steps_beside_a_plain_forward(host):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--model", "tiny",
+                             "--size", "64", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = dict((label.strip(), (float(ratio), above)) for label, ratio, above in re.findall(
+        rf"^(\S.*?)\s+{SPREAD}\s+({NUMBER})x\s*((?:{NUMBER} GiB)?)$", result.stdout, re.M))
+    assert set(rows) == {"plain forward (sampling, no gates)", "training step, activations kept",
+                         "training step, gradient checkpointing"}, result.stdout
+    assert rows["plain forward (sampling, no gates)"] == (1.0, "")
+    assert all(above.endswith("GiB") for label, (_, above) in rows.items() if label.startswith("training"))

@@ -8,7 +8,7 @@ from maskattn_lab.host import REPO
 
 OUR_NODE_IDS = {"MaskAttnLoadDemoModel", "MaskAttnLoadHeads", "MaskAttnApplyMaskedCrossAttention",
                 "MaskAttnEncodeRegionPrompt", "MaskAttnBindRegion", "MaskAttnRegionGuidance",
-                "MaskAttnVisualizeGates"}
+                "MaskAttnVisualizeGates", "MaskAttnLoadTrainingSet", "MaskAttnTrainHeads"}
 # Core nodes + comfy_extras without API nodes, by host version; fewer means a host module
 # failed to import (e.g. the `utils` shadowing trap). Other versions: every comfy_extras
 # module the host lists must have loaded (the host's own list, read at test time).

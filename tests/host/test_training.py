@@ -19,9 +19,12 @@ def train_heads(host):
 
 @pytest.fixture(scope="module")
 def head_data(host):
-    """The trainer's data readers and encoder."""
+    """The trainer's data readers and encoder (the folder's: the product's; COCO: the lab's)."""
+    from types import SimpleNamespace
+
+    from comfyui_maskattn.nodes import training_data
     from maskattn_lab import head_data
-    return head_data
+    return SimpleNamespace(**vars(training_data), pairs_from_coco=head_data.pairs_from_coco)
 
 
 def cli(train_heads, pairs_dir, out, *extra):
@@ -46,7 +49,7 @@ def step_setup(head_data, tiny, patching, pairs_dir):
 
 def test_training_lowers_the_loss_and_touches_only_heads(step_setup):
     from comfyui_maskattn.maskattn_ops.heads import HeadSet
-    from maskattn_lab.head_training import HeadTrainingStep
+    from comfyui_maskattn.nodes.head_training import HeadTrainingStep
     model, sites, batch = step_setup
     backbone_before = {k: v.clone() for k, v in model.model.state_dict().items()}
     torch.manual_seed(0)
@@ -71,7 +74,7 @@ def test_training_lowers_the_loss_and_touches_only_heads(step_setup):
 def test_loss_is_the_models_own_epsilon_mse(step_setup):
     """For an EPS model the loss equals || eps_pred - eps ||^2 computed by hand."""
     from comfyui_maskattn.maskattn_ops.heads import HeadSet
-    from maskattn_lab.head_training import HeadTrainingStep
+    from comfyui_maskattn.nodes.head_training import HeadTrainingStep
     model, sites, (latent, noise, sigma, context, y) = step_setup
     step = HeadTrainingStep(model, HeadSet.for_sites(sites))
     base = model.model
@@ -144,10 +147,10 @@ def test_coco_instances_give_masks_for_named_categories(head_data, tmp_path):
 def test_mask_supervision_pulls_gates_toward_masks(head_data, tiny, patching, pairs_dir):
     """With instance masks (beyond the paper), the BCE term on the phrase tokens' gate
     probabilities falls as the heads train."""
-    from maskattn_lab.mask_supervision import mask_supervision_loss
+    from comfyui_maskattn.maskattn_ops.mask_supervision import mask_supervision_loss
     from comfyui_maskattn.maskattn_ops.heads import HeadSet
     from comfyui_maskattn.maskattn_ops.sites import select_sites
-    from maskattn_lab.head_training import HeadTrainingStep
+    from comfyui_maskattn.nodes.head_training import HeadTrainingStep
     model, clip, vae = tiny.build_all(seed=0)
     samples = head_data.pairs_from_folder(pairs_dir)[:4]
     assert all(s.masks for s in samples)

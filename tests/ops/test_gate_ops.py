@@ -11,7 +11,7 @@ from comfyui_maskattn.maskattn_ops.gate_head import GateHead, gate_bias, gated_p
 from comfyui_maskattn.maskattn_ops.gate_providers import GateBias, self_attention_bias
 from comfyui_maskattn.maskattn_ops.heads import HeadSet, HeadsFileError, add_fingerprint, load_heads, save_heads
 from comfyui_maskattn.maskattn_ops.sites import Site, SiteCall
-from maskattn_lab.mask_supervision import balanced_weights, mask_supervision_loss
+from comfyui_maskattn.maskattn_ops.mask_supervision import balanced_weights, mask_supervision_loss
 
 SITES = [Site(("input", 4, 0), 2, 64, 4, 16, 64), Site(("output", 3, 1), 2, 64, 4, 16, 64)]
 

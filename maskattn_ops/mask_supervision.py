@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from comfyui_maskattn.maskattn_ops.regions import mask_to_grid
+from .regions import mask_to_grid
 
 MaskTarget = tuple  # (context positions of a phrase, mask (H, W) in [0, 1] at image size)
 
