@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import cli, host
 from .comfy_server import Host, free_port
-from .run_workflows import WORKFLOWS, copy_saved_images, loads_checkpoint, resized
+from .run_workflows import DEMO_TRAINING_SET, WORKFLOWS, copy_saved_images, loads_checkpoint, resized
 from .workflow_api import ui_to_api
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,18 @@ class TemplateRun:
 
 def on_checkpoint(prompt: dict, checkpoint: str, heads: str | None, size: int, steps: int) -> dict:
     """The template's graph on ``checkpoint`` (a name in the checkpoints folder) at
-    ``size`` px and ``steps`` steps, its heads replaced by ``heads``."""
+    ``size`` px and ``steps`` steps (sampling and heads training), its heads replaced by
+    ``heads`` and its training set by the shipped one."""
     if TEMPLATE_SIZE % size:
         raise ValueError(f"--size must divide {TEMPLATE_SIZE} (the templates' boxes are in its pixels)")
-    out = resized(prompt, TEMPLATE_SIZE // size, steps)
+    out = resized(prompt, TEMPLATE_SIZE // size, steps, steps)
     for node in out.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = checkpoint
         elif node["class_type"] == "MaskAttnLoadHeads" and heads is not None:
             node["inputs"]["heads_name"] = heads
+        elif node["class_type"] == "MaskAttnLoadTrainingSet":
+            node["inputs"]["folder"] = DEMO_TRAINING_SET
     return out
 
 

@@ -39,7 +39,7 @@ SPATIAL_INPUTS = {"EmptyLatentImage": ("width", "height"), "SolidMask": ("width"
                   "MaskAttnTrainHeads": ("resolution",)}
 
 
-def resized(prompt: dict, scale: int, steps: int, training_steps: int = DEMO_TRAINING_STEPS) -> dict:
+def resized(prompt: dict, scale: int, steps: int, training_steps: int) -> dict:
     """The same graph with every pixel size divided by ``scale``, every sampler capped
     at ``steps`` steps and every heads training at ``training_steps``."""
     out = json.loads(json.dumps(prompt))
@@ -60,7 +60,7 @@ def on_demo_model(prompt: dict) -> dict:
     (same MODEL, CLIP, VAE outputs), sizes shrink by DEMO_SCALE and samplers take
     DEMO_STEPS steps (the tiny model on a CPU), heads train on the shipped training set.
     The SDXL forms already name the demo model's heads (the only heads this pack ships)."""
-    out = resized(prompt, DEMO_SCALE, DEMO_STEPS)
+    out = resized(prompt, DEMO_SCALE, DEMO_STEPS, DEMO_TRAINING_STEPS)
     for node in out.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node.update(json.loads(json.dumps(DEMO_MODEL)))

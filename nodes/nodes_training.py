@@ -104,8 +104,9 @@ class MaskAttnTrainHeads(io.ComfyNode):
                 TrainingSetType.Input("training_set", tooltip="From Load MaskAttn Training Set."),
                 io.String.Input("heads_name", default="my_maskattn_heads",
                                 tooltip="File name in models/maskattn (an existing file of that name is replaced)."),
-                io.Int.Input("steps", default=1000, min=1, max=1_000_000,
-                             tooltip="Optimizer steps in all (a resumed run continues up to this)."),
+                io.Int.Input("steps", default=1000, min=2, max=1_000_000,
+                             tooltip="Optimizer steps in all (a resumed run continues up to this). At least 2: "
+                                     "Plot Loss Graph needs two losses."),
                 io.Int.Input("batch_size", default=4, min=1, max=256, tooltip="Pairs per step."),
                 io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate (no weight decay)."),

@@ -50,7 +50,7 @@ def test_every_sdxl_template_runs_on_a_checkpoint_file_through_load_checkpoint(h
         assert "was made for another model" not in console and "records no model fingerprint" not in console
         runs = {r["name"]: r for r in json.loads((run_dir / "checkpoint_run.json").read_text())["runs"]}
         sdxl_forms = sorted(p.stem for p in WORKFLOWS.glob("*(SDXL).json"))
-        assert len(sdxl_forms) == 4 and set(sdxl_forms) <= set(runs)
+        assert len(sdxl_forms) == 5 and set(sdxl_forms) <= set(runs)
         for template in sdxl_forms:
             run = runs[template]
             assert run["error"] is None and run["images"] == saved_image_count(template), run
@@ -62,5 +62,7 @@ def test_every_sdxl_template_runs_on_a_checkpoint_file_through_load_checkpoint(h
             assert np.abs(pixels(run_dir, FOUR_WAY, mode) - none).mean() > ACTED, f"{mode} equals no control"
         # the gating template is the four-way's "none" graph with Apply Masked Cross-Attention added
         assert np.abs(pixels(run_dir, GATING, "gating") - none).mean() > ACTED, "the gates changed nothing"
+        # heads trained on the file by Train MaskAttn Heads (2 steps on the shipped pairs) fit it
+        assert "Train MaskAttn Heads: 2 steps" in console
     finally:
         checkpoint.unlink()         # 3.5 GB: pytest keeps its last temporary folders

@@ -61,28 +61,35 @@ def heads_tensors(path):
     return load_heads(path).state_dict()
 
 
-def test_node_trains_what_the_command_trains(places, run_graph, tmp_path, patching, tiny_models):
-    """Same pairs, settings and seed: the node's file equals the CLI's, tensor for tensor;
-    its HEADS sample right away and its loss plots with the host's node."""
+def test_node_trains_what_the_command_trains(places, run_graph, tmp_path, patching):
+    """On the shapes model with the shipped pairs: the node's file equals the CLI's from the
+    same pairs, settings and seed, tensor for tensor; its HEADS sample right away and its
+    loss plots with the host's node."""
+    from comfyui_maskattn.maskattn_ops.heads import HeadSet, load_heads
+    from comfyui_maskattn.nodes import demo_models
+    from comfyui_maskattn.nodes.nodes_training import SHIPPED_SETS
     from maskattn_lab import train_heads
-    input_dir, heads_dir = places
-    outputs = run_graph(with_sampling(training_graph()))
+    _, heads_dir = places
+    prompt = with_sampling(training_graph(folder="[demo] shapes"))
+    prompt["1"]["inputs"]["model"] = "shapes-sdxl"
+    prompt["7"]["inputs"].update(width=128, height=128)
+    outputs = run_graph(prompt)
     assert len(outputs["4"]["images"]) == 1 and len(outputs["10"]["images"]) == 1
     cli_out = tmp_path / "cli.safetensors"
-    assert train_heads.main(["--demo-model", "tiny", "--pairs", str(input_dir / "pairs"), "--out", str(cli_out),
-                             "--steps", "4", "--batch-size", "2", "--lr", "0.01", "--resolution", "128", "--seed", "3",
-                             "--mask-weight", "1.0", "--recompute", "--cache-latents", "--eval-pairs", "0"]) == 0
+    assert train_heads.main(["--demo-model", "shapes", "--pairs", str(SHIPPED_SETS["[demo] shapes"]),
+                             "--out", str(cli_out), "--steps", "4", "--batch-size", "2", "--lr", "0.01",
+                             "--resolution", "128", "--seed", "3", "--mask-weight", "1.0", "--recompute",
+                             "--cache-latents", "--eval-pairs", "0"]) == 0
     node_heads, cli_heads = heads_tensors(heads_dir / "trained.safetensors"), heads_tensors(cli_out)
     assert node_heads.keys() == cli_heads.keys()
     for key in node_heads:
         assert torch.equal(node_heads[key], cli_heads[key]), key
     # and the steps moved them: not the seed's initial heads
-    from comfyui_maskattn.maskattn_ops.heads import HeadSet, load_heads
     trained = load_heads(heads_dir / "trained.safetensors")
     assert trained.training_summary["steps"] == 4 and trained.training_summary["mask_supervision"] == 1.0
+    model, _, _ = demo_models.load_shapes_model(demo_models.SHIPPED)
     torch.manual_seed(3)
-    sites = [s for s in patching.discover_sites(tiny_models[0]) if s.name in trained.site_names]
-    initial = HeadSet.for_sites(sites).state_dict()
+    initial = HeadSet.for_sites([s for s in patching.discover_sites(model) if s.name in trained.site_names]).state_dict()
     assert any(not torch.equal(initial[key], node_heads[key]) for key in node_heads)
 
 
