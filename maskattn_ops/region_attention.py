@@ -15,12 +15,24 @@ import torch
 from .regions import mask_to_grid
 
 
+# paint-and-suppress: a region smaller than this share of the image is pushed down outside
+# less, in proportion to its share (measured: docs/evaluation.md, "Small regions").
+SMALL_REGION = 0.05
+
+
 @dataclass(frozen=True)
 class SiteRegion:
     """One region at one site: the mask on the site's grid and its words' positions."""
     mask: torch.Tensor          # (B|1, N) in [0, 1]
     positions: tuple[int, ...]  # context positions of the region's words (C_i)
     strength: float = 1.0
+
+    def outside_share(self) -> torch.Tensor:
+        """(B|1,) how much of paint-and-suppress's push down outside this region gets:
+        1 for a region of SMALL_REGION of the grid or more, its share / SMALL_REGION below.
+        Why: outside a tiny region is nearly the whole image, and pushing the words down
+        there at full strength lost the object (recall, docs/evaluation.md)."""
+        return (self.mask.float().mean(dim=-1) / SMALL_REGION).clamp(max=1.0)
 
 
 def swap_attention_(probs: torch.Tensor, regions: list[SiteRegion]) -> torch.Tensor:
@@ -44,14 +56,16 @@ def paint_with_words_(logits: torch.Tensor, regions: list[SiteRegion], weight: f
     sample and head, of ``max_of`` when given (the same values, kept unchanged for
     autograd); ``sigma`` is one value or one per sample. Only the words' columns are
     written: the bias is zero everywhere else, so no dense bias is built. ``outside`` > 0
-    also SUBTRACTS outside * (the same term) outside S_i (0: eDiff-I's as published)."""
+    also SUBTRACTS outside * (the same term) outside S_i (0: eDiff-I's as published),
+    scaled down for regions under SMALL_REGION of the grid (``SiteRegion.outside_share``)."""
     log_sigma = torch.log1p(torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device)).reshape(-1, 1, 1, 1)
     source = logits if max_of is None else max_of
     scale = weight * log_sigma * source.amax(dim=(-2, -1), keepdim=True)               # (B, heads, 1, 1)
     for region in regions:
         inside = region.mask.to(logits)[:, None, :, None]                             # (B|1, 1, N, 1)
+        push_down = outside * region.outside_share().to(logits)[:, None, None, None]  # (B|1, 1, 1, 1)
         columns = list(region.positions)
-        logits[..., columns] += region.strength * scale * (inside - outside * (1 - inside))
+        logits[..., columns] += region.strength * scale * (inside - push_down * (1 - inside))
     return logits
 
 

@@ -107,7 +107,8 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                 "start_percent and end_percent of sampling. paint-and-suppress (the default, the "
                 "closest to the regions in this pack's measurements): w' * log(1 + sigma) * max(QK^T) "
                 "is added to the words' attention logits inside their region and lambda times that "
-                "taken away outside, for the whole run. guidance (Endo Sec. 3.2): on each guided step "
+                "taken away outside (less for a region under 5% of the image, so a tiny object "
+                "is not lost), for the whole run. guidance (Endo Sec. 3.2): on each guided step "
                 "the latent moves down the gradient of a loss that rewards the words' attention inside "
                 "their region and penalises it outside (lambda), by alpha, in the first 30% of steps "
                 "(set end_percent to 0.3). swapping (Endo Sec. 3.1): the words' attention becomes "
@@ -127,7 +128,8 @@ class MaskAttnRegionGuidance(io.ComfyNode):
                 used_when(io.Float.Input("lam", default=0.5, min=0.0, max=10.0, step=0.05, display_name="lambda",
                                          tooltip="Weight of what acts outside the region against what acts inside: "
                                                  "guidance's penalty (Endo's lambda: 0.5), paint-and-suppress's "
-                                                 "push down."),
+                                                 "push down (scaled by share / 5% for a region under 5% "
+                                                 "of the image)."),
                           "mode", "guidance", "paint-and-suppress"),
                 used_when(io.Float.Input("weight", default=1.0, min=0.0, max=5.0, step=0.05,
                                          tooltip="w' of paint-with-words and paint-and-suppress (eDiff-I and Endo "

@@ -93,13 +93,23 @@ def test_swapping_sets_the_words_maps_at_every_site(nodes_regions, patching, tin
         assert not torch.allclose(probs[~cond][..., 2], expected.expand_as(probs[~cond][..., 2]))  # uncond untouched
 
 
+def top_left_cell() -> torch.Tensor:
+    """1/64 of the image: one cell of an 8 x 8 grid, under SMALL_REGION."""
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :16, :16] = 1.0
+    return mask
+
+
 @pytest.mark.parametrize("mode", ["paint-with-words", "paint-and-suppress"])
+@pytest.mark.parametrize("region_mask", [left_half, top_left_cell])
 def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outside(
-        nodes_regions, patching, tiny_models, prompt, sample, mode):
+        nodes_regions, patching, tiny_models, prompt, sample, mode, region_mask):
     """paint-with-words adds c = w' log(1 + sigma) max(QK^T) inside the region and nothing
-    outside; paint-and-suppress also takes lambda * c away outside (lambda 0.7 here)."""
+    outside; paint-and-suppress also takes lambda * c away outside (lambda 0.7 here), times
+    share / SMALL_REGION for a region under SMALL_REGION of the image (1/64 here)."""
+    from comfyui_maskattn.maskattn_ops.region_attention import SMALL_REGION
     _, p = prompt
-    regions = bind(nodes_regions, p, "red", mask=left_half())
+    regions = bind(nodes_regions, p, "red", mask=region_mask())
     model = guide(nodes_regions, tiny_models[0], regions, mode=mode, end=1.0, lam=0.7)
     changes = []                                   # (call, logits after - before)
 
@@ -123,7 +133,8 @@ def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outsid
     changes = [(call, bias) for call, bias in changes if call.site.key == ("input", 4, 0)]
     assert len(changes) == 2
     for call, bias in changes:
-        inside = mask_to_grid(left_half(), call.grid)[0] > 0.5
+        grid_mask = mask_to_grid(region_mask(), call.grid)[0]
+        inside = grid_mask > 0.5
         cond = ~call.is_uncond()
         painted = bias[cond][..., 2]                                       # (rows, heads, N)
         assert (painted[:, :, inside] > 0).all()
@@ -133,7 +144,8 @@ def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outsid
         if mode == "paint-with-words":
             assert (outside == 0).all()
         else:
-            torch.testing.assert_close(outside, (-0.7 * per_head).expand_as(outside))
+            push_down = 0.7 * min(1.0, float(grid_mask.mean()) / SMALL_REGION)
+            torch.testing.assert_close(outside, (-push_down * per_head).expand_as(outside))
         assert (bias[~cond] == 0).all() and (bias[..., 3] == 0).all()
 
 

@@ -105,6 +105,24 @@ def test_paint_and_suppress_written_out():
     assert_close(bias, expected)
 
 
+def test_paint_and_suppress_pushes_small_regions_down_less_written_out():
+    """A region of share a < SMALL_REGION (0.05) of the grid: lambda * a / 0.05 outside;
+    per latent when the mask has one row per latent; 0.05 and above: lambda itself."""
+    from comfyui_maskattn.maskattn_ops.region_attention import SMALL_REGION
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 2, 100, 77, generator=g)
+    mask = torch.zeros(2, 100)
+    mask[0, :2] = 1.0                 # latent 0: 2% of the grid
+    mask[1, :5] = 1.0                 # latent 1: 5%
+    bias = paint_with_words_(logits.clone(), [SiteRegion(mask, (9,))], weight=1.0, sigma=1.0, outside=0.5) - logits
+    for b, share in ((0, 0.02), (1, 0.05)):
+        for h in range(2):
+            term = math.log(2.0) * float(logits[b, h].max())
+            lam = 0.5 * min(1.0, share / SMALL_REGION)
+            assert_close(bias[b, h, 50, 9], torch.tensor(-lam * term))     # outside
+            assert_close(bias[b, h, 0, 9], torch.tensor(term))             # inside: unchanged
+
+
 @pytest.mark.parametrize("strength", [0.0, 0.5, 2.0])
 def test_region_strength_scales_each_region_of_each_method(strength):
     """Bind Region to Words' strength: the region's term of Endo's loss times strength,
