@@ -18,7 +18,7 @@ from comfy_api.latest import io
 
 from ..maskattn_ops.gate_head import GATE_MODES
 from ..maskattn_ops.heads import load_heads, save_heads
-from .head_training import HeadTrainer, ResumeError, TrainingSettings
+from .head_training import HeadTrainer, TrainingSettings
 from .model_folders import HEADS_FOLDER
 from .nodes_gating import Heads
 from .training_data import DataError, Sample, pairs_from_folder
@@ -128,8 +128,8 @@ class MaskAttnTrainHeads(io.ComfyNode):
                                  tooltip="Recompute the frozen model's activations in the backward: much "
                                          "less memory for about one more forward per step."),
                 io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue from <heads_name>.resume.pt when there is one (left by a "
-                                         "cancelled or finished run with the same settings)."),
+                                 tooltip="Continue from <heads_name>.safetensors.resume.pt when there is one "
+                                         "(left by a cancelled or finished run with the same settings)."),
             ],
             outputs=[
                 Heads.Output(display_name="HEADS", tooltip="The trained heads, as Load MaskAttn Heads gives them."),
@@ -167,7 +167,7 @@ class MaskAttnTrainHeads(io.ComfyNode):
                 trainer = HeadTrainer(model, clip, vae, training_set.samples, settings)
                 if resume and trainer.resume_from(resume_path):
                     log.info("%s: resumed from %s at step %d", node, resume_path, trainer.step)
-            except (ValueError, ResumeError) as e:
+            except ValueError as e:          # too few pairs for a batch; ResumeError: another run's file
                 raise ValueError(f"{node}: {e}") from None
             progress = comfy.utils.ProgressBar(steps)
             progress.update_absolute(trainer.step, steps)
