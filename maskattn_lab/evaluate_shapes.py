@@ -403,7 +403,9 @@ def main(argv=None) -> int:
                    help="torch threads (0: torch's default); on 2 cores two 1-thread runs over different --rows "
                         "beat one 2-thread run")
     args = p.parse_args(argv)
-    suffix = "" if args.layouts == "objects" else "_odd"
+    # records, tables and grids of another family's shapes model beside the SDXL one's
+    family = demo_models.read_config(args.model or demo_models.SHIPPED).family
+    suffix = ("" if family == "sdxl" else f"_{family}") + ("" if args.layouts == "objects" else "_odd")
     results = args.results or RESULTS.with_name(RESULTS.name + suffix)
     args.images = args.images or IMAGES.with_name(IMAGES.name.replace("shapes_eval", "shapes_eval" + suffix))
     cli.setup_logging()

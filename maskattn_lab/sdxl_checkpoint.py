@@ -82,7 +82,7 @@ def fitting_heads(sites: list[Site], seed: int) -> HeadSet:
     """Heads for the mid-resolution sites whose gates act: fresh heads keep every token
     everywhere, so their last layer and bias are redrawn (seeded) to switch tokens off
     at some locations."""
-    heads = HeadSet.for_sites(select_sites(sites, "mid-resolution"))
+    heads = HeadSet.for_sites(select_sites(sites, "mid-resolution"), base_family="sdxl")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in heads.site_names:

@@ -34,11 +34,13 @@ def encode_captions(clip: comfy.sd.CLIP, captions: list[str]) -> tuple[torch.Ten
 
     The same computation as ``clip.encode_from_tokens(clip.tokenize(c), return_pooled=True)``
     for one-chunk prompts at weight 1 (tests/test_shapes_model.py checks it), batched:
-    SDXLClipModel concatenates clip_l's and clip_g's hidden states, pooled is clip_g's.
+    SDXLClipModel concatenates clip_l's and clip_g's hidden states, pooled is clip_g's;
+    SD1.x / SD2.x have one encoder (clip_l / clip_h) and no use for pooled.
     """
     tokens = [clip.tokenize(c) for c in captions]
+    names = [n for n in ("l", "g", "h") if n in tokens[0]]        # SDXL's concatenation order: l, g
     for c, t in zip(captions, tokens):
-        if len(t["l"]) != 1 or len(t["g"]) != 1:
+        if any(len(t[n]) != 1 for n in names):
             raise ValueError(f"caption longer than one 77-token chunk: {c!r}")
     encoders = clip.cond_stage_model
     # The host's CLIP layers add residuals in place (x += ...) onto tensors LayerNorm
@@ -47,9 +49,8 @@ def encode_captions(clip: comfy.sd.CLIP, captions: list[str]) -> tuple[torch.Ten
     # tensors by (id, data_ptr, version); a mutated tensor, once freed, lent its id to a
     # new one, and a UNet GroupNorm backward got the wrong tensor after 46 steps.
     with torch.autograd.graph.saved_tensors_hooks(_copy, _same):
-        l_out, _ = encoders.clip_l([[tok for tok, _ in t["l"][0]] for t in tokens])
-        g_out, g_pooled = encoders.clip_g([[tok for tok, _ in t["g"][0]] for t in tokens])
-    return torch.cat([l_out, g_out], dim=-1), g_pooled
+        outputs = [getattr(encoders, f"clip_{n}")([[tok for tok, _ in t[n][0]] for t in tokens]) for n in names]
+    return torch.cat([hidden for hidden, _ in outputs], dim=-1), outputs[-1][1]
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:

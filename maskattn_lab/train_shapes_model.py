@@ -4,11 +4,13 @@ maskattn_lab/shapes_model.py, loaded by nodes/demo_models.py).
     python scripts/train_shapes_model.py --out weights/shapes_sdxl.safetensors
     python scripts/train_shapes_model.py --out ... --resume        # continue a stopped run
     python scripts/train_shapes_model.py --out ... --steps 2000,3000,5000  # the shipped model's schedule
+    python scripts/train_shapes_model.py --family sd2 --vae-from weights/shapes_sdxl.safetensors --out ...
 
 Two stages, one command: (1) the VAE (the host's TAESD: no normalisation layers, which
 at small widths wash the colours out) learns to reconstruct crops of the shapes images,
-then its own scale and shift are set so that, after SDXL's latent scale factor, the
-UNet sees zero mean and unit variance; (2) the UNet and both text encoders
+then its own scale and shift are set so that, after the family's latent scale factor,
+the UNet sees zero mean and unit variance (``--vae-from``: another shapes model's VAE,
+normalised again); (2) the UNet and the text encoders (SDXL's two, or SD2.x's one)
 learn together with the diffusion loss (v-prediction, timesteps from the host's own
 discrete schedule), captions dropped 10% of the time so that CFG works,
 with an EMA of the weights that is what gets saved. Scenes come from
@@ -213,7 +215,8 @@ def train_diffusion(model, clip, vae, args, state) -> tuple[torch.nn.Module, tor
         sigma = sampling.sigmas[timestep].float()
         noise = torch.randn(latent.shape, generator=g)
         context, pooled = shapes_model.encode_captions(clip, captions)
-        # the size the host passes at sampling: the latent's size x 8 (samplers.encode_model_conds)
+        # SDXL: the size the host passes at sampling, the latent's size x 8
+        # (samplers.encode_model_conds); SD2.x has no adm input (None)
         y = base.encode_adm(pooled_output=pooled, width=args.size, height=args.size)
         x = sampling.noise_scaling(sigma, noise, latent)
         denoised = base.apply_model(x, sigma, c_crossattn=context, y=y)
@@ -257,6 +260,11 @@ def step_targets(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
     p.add_argument("--out", type=Path, required=True, help="the model file to write (.safetensors)")
+    p.add_argument("--family", choices=["sdxl", "sd2"], default="sdxl",
+                   help="UNet and text-encoder family: SDXL's (the shipped model) or SD2.x's (Endo's setting)")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="take the trained VAE of this shapes model file (its latent normalised again for this "
+                        "family's scale factor) instead of training one: models side by side share their VAE")
     p.add_argument("--resume", action="store_true", help="continue from --out + '.resume.pt'")
     p.add_argument("--size", type=int, default=128, help="image size in pixels (latent is size/8)")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights' init, captions dropped, noise and timesteps")
@@ -288,10 +296,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("out", "resume", "resume_path", "threads", "export", "ceiling_scenes")}
-    config = demo_models.ShapesModelConfig(image_size=args.size, train={**settings, "train_seed_base": shapes.TRAIN_SEED_BASE,
-                                                                          "caption_drop": CAPTION_DROP})
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                if k not in ("out", "resume", "resume_path", "threads", "export", "ceiling_scenes", "family")}
+    config = demo_models.ShapesModelConfig.for_family(
+        args.family, image_size=args.size,
+        train={**settings, "train_seed_base": shapes.TRAIN_SEED_BASE, "caption_drop": CAPTION_DROP})
     state = torch.load(args.resume_path, weights_only=False) if args.resume and args.resume_path.exists() else {}
     if state:
         log.info("resuming: vae step %s, diffusion step %s", state.get("vae_step", 0), state.get("step", 0))
@@ -299,7 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     if "vae" in state:
         vae.first_stage_model.load_state_dict(state["vae"])
     if "vae_std" not in state:
-        train_vae(vae, args, state)
+        if args.vae_from:
+            _, _, trained_vae = demo_models.load_shapes_model(args.vae_from)
+            vae.first_stage_model.load_state_dict(trained_vae.first_stage_model.state_dict())
+        else:
+            train_vae(vae, args, state)
         state["vae_mean"], state["vae_std"] = normalize_latent(vae, model.model.latent_format.scale_factor, args)
         state["vae"] = vae.first_stage_model.state_dict()
         save_resume(args, state)

@@ -3,7 +3,8 @@
 File format (version 1), safetensors only:
 - tensors keyed ``<block>.<id>.<block_index>.<parameter>``, e.g.
   ``input.4.0.features.0.weight``: the site reads straight off the key;
-- metadata (strings): ``format`` = "maskattn-heads", ``format_version``, ``base_family``,
+- metadata (strings): ``format`` = "maskattn-heads", ``format_version``, ``base_family`` (the
+  UNet family trained on: "sdxl", "sd1", "sd2", ...; see ``FAMILY_NAMES``),
   ``sites`` (JSON list), ``channels`` (JSON {site: query width}), ``key_dims`` (JSON
   {site: width of the projected keys the head reads}), ``context_dim`` (the model's text width),
   ``embed_dim``, ``threshold`` (used in training), ``training`` (JSON summary), and
@@ -32,6 +33,16 @@ FORMAT_VERSION = 1
 PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")   # torch.save zip archives, raw pickles
 
 
+# How users know the families heads record (nodes/model_family.py reads them from the host).
+FAMILY_NAMES = {"sdxl": "SDXL", "sd1": "SD1.x", "sd2": "SD2.x", "sdxl-refiner": "SDXL refiner"}
+# Written before the family was read from the model: the tiny demo's untrained heads.
+_LEGACY_FAMILIES = {"sdxl-tiny-demo": "sdxl"}
+
+
+def family_name(family: str) -> str:
+    return FAMILY_NAMES.get(family, family)
+
+
 def _module_key(site_name: str) -> str:
     # ModuleDict keys may not contain dots; site names do ("input.4.0").
     return site_name.replace(".", "_")
@@ -45,14 +56,15 @@ class HeadSet(nn.Module):
     """Gate heads by site name, plus what they were made for."""
 
     def __init__(self, sites: dict[str, tuple[int, int]], context_dim: int, embed_dim: int = 32,
-                 base_family: str = "sdxl", threshold: float = 0.5, training: dict | None = None,
+                 base_family: str = "", threshold: float = 0.5, training: dict | None = None,
                  fingerprint: ModelFingerprint | None = None):
         super().__init__()
         self.heads = nn.ModuleDict({_module_key(name): GateHead(c, kd, embed_dim)
                                     for name, (c, kd) in sites.items()})
         self.site_names = list(sites)
         self.context_dim, self.embed_dim = context_dim, embed_dim
-        self.base_family, self.threshold = base_family, threshold
+        self.base_family = _LEGACY_FAMILIES.get(base_family, base_family)   # "": not recorded
+        self.threshold = threshold
         self.training_summary = dict(training or {})
         self.fingerprint = fingerprint     # of the model trained on; None: not recorded
         self.source = ""                   # the file's name, once loaded from one
@@ -89,8 +101,12 @@ class HeadSet(nn.Module):
             **({"model_fingerprint": self.fingerprint.to_json()} if self.fingerprint is not None else {}),
         }
 
-    def check_fits(self, sites: Iterable[Site], model_name: str = "the model") -> None:
-        """Refuses heads made for another model: other sites, widths or text width."""
+    def check_fits(self, sites: Iterable[Site], model_name: str = "the model", family: str = "") -> None:
+        """Refuses heads made for another model: another UNet family (when both are
+        known), other sites, widths or text width."""
+        if family and self.base_family and family != self.base_family:
+            raise HeadsFileError(f"these heads were trained on an {family_name(self.base_family)} model; "
+                                 f"{model_name} is {family_name(family)}")
         by_name = {s.name: s for s in sites}
         missing = [n for n in self.site_names if n not in by_name]
         if missing:

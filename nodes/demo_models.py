@@ -1,11 +1,13 @@
 """The demo models Load MaskAttn Demo Model gives in place of an SDXL checkpoint, built
 in-process from ComfyUI's own classes.
 
-- The tiny SDXL: SDXL's block and transformer-depth pattern (so the same 70
-  cross-attention site keys) at small widths, the text side SDXL's real two-encoder stack
-  on ComfyUI's real tokenizer files, shrunk. Random weights under a fixed seed: it proves
-  wiring, not image quality (the tests and the benchmarks' wiring checks build it too).
-- The shapes SDXL: the same architecture, trained on rendered shapes by the lab
+- The tiny models: a UNet family's block and transformer-depth pattern (so the same
+  cross-attention site keys as the full-size model) at small widths, with the family's
+  real text-encoder stack on ComfyUI's real tokenizer files, shrunk. SDXL (two encoders,
+  clip_l + clip_g), SD1.x (clip_l) and SD2.x (OpenCLIP ViT-H, penultimate layer; epsilon
+  or v-prediction). Random weights under a fixed seed: they prove wiring, not image
+  quality (the tests and the benchmarks' wiring checks build them too).
+- The shapes SDXL: the SDXL architecture, trained on rendered shapes by the lab
   (maskattn_lab/shapes_model.py saves it), read back from one safetensors file whose
   metadata holds the config it was built from, so ``load_shapes_model`` rebuilds exactly
   what was trained.
@@ -23,9 +25,7 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
-import comfy.sdxl_clip
 import comfy.supported_models
-import comfy.supported_models_base
 import comfy.taesd.taesd
 
 TEXT_WIDTH = 32                  # hidden size of each tiny CLIP
@@ -39,16 +39,25 @@ FORMAT_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "shapes_sdxl.safetensors"
 UNET_PREFIX, CLIP_PREFIX, VAE_PREFIX = "model.diffusion_model.", "clip.", "vae."
 
-# SDXL's UNet config as the host detects it from a real checkpoint
-# (comfy/model_detection.py, "SDXL"), the base the tiny config shrinks.
+# The UNet configs the host detects from real checkpoints (comfy/model_detection.py,
+# "SDXL", "SD15", "SD21"), the bases the tiny configs shrink.
+_DETECTED_COMMON = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+                    "legacy": False, "in_channels": 4, "model_channels": 320,
+                    "use_temporal_attention": False, "use_temporal_resblock": False}
 SDXL_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-    "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+    **_DETECTED_COMMON, "num_classes": "sequential", "adm_in_channels": 2816,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
     "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
     "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
 }
+_SD_1_2_LAYOUT = {"adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+                  "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+                  "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+SD15_UNET_CONFIG = {**_DETECTED_COMMON, **_SD_1_2_LAYOUT, "use_linear_in_transformer": False,
+                    "context_dim": 768, "num_heads": 8}
+SD21_UNET_CONFIG = {**_DETECTED_COMMON, **_SD_1_2_LAYOUT, "use_linear_in_transformer": True,
+                    "context_dim": 1024, "num_head_channels": 64}
+DETECTED_UNET_CONFIGS = {"sdxl": SDXL_UNET_CONFIG, "sd1": SD15_UNET_CONFIG, "sd2": SD21_UNET_CONFIG}
 
 TINY_UNET_CONFIG = {
     **SDXL_UNET_CONFIG,
@@ -61,6 +70,31 @@ TINY_UNET_CONFIG = {
 class TinySDXL(comfy.supported_models.SDXL):
     """SDXL's model config with 16-wide attention heads (SDXL's 64 would give 0 heads)."""
     unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+
+
+class TinySD2(comfy.supported_models.SD20):
+    """SD2's model config (fp32 attention kept) with 16-wide attention heads."""
+    unet_extra_config = {**comfy.supported_models.SD20.unet_extra_config, "num_head_channels": 16}
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one UNet family's tiny model: the host's model config class (SD1.x
+    keeps its own 8 heads per site, whose width follows the channels), the tiny UNet
+    config, the state-dict key the host reads v-prediction from (None: not offered)."""
+    model_config: type
+    unet_config: dict
+    v_prediction_marker: dict | None
+
+
+TINY_FAMILIES = {
+    "sdxl": TinyFamily(TinySDXL, TINY_UNET_CONFIG, {"v_pred": torch.zeros(0)}),
+    "sd1": TinyFamily(comfy.supported_models.SD15,
+                      {**SD15_UNET_CONFIG, "model_channels": 32, "context_dim": TEXT_WIDTH}, None),
+    # SD20.model_type calls a checkpoint v-prediction when this norm's bias varies (std > 0.09)
+    "sd2": TinyFamily(TinySD2, {**SD21_UNET_CONFIG, "model_channels": 32, "context_dim": TEXT_WIDTH},
+                      {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.tensor([-1.0, 1.0])}),
+}
 
 
 def _tiny_clip_config(layers: int, width: int) -> dict:
@@ -86,19 +120,25 @@ def unet_config(**overrides) -> dict:
 
 def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 16,
                 v_prediction: bool = False, weight_dtype: torch.dtype = torch.float32,
-                manual_cast: bool = True) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher over ``model_base.SDXL`` with the tiny config and seeded weights;
-    epsilon prediction (SDXL base) or v-prediction (as SDXL v-pred checkpoints, which the
-    host recognises by a "v_pred" key). ``weight_dtype`` other than fp32 stores the same
-    weights in that dtype (fp16, bf16, fp8) with the compute dtype the host's own manual
-    cast picks for this device, as a checkpoint loader would; ``manual_cast`` off computes
-    in the weight dtype itself (what a GPU with bf16 or fp16 does)."""
+                manual_cast: bool = True, family: str = "sdxl") -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over the host's model for ``family`` ("sdxl": ``model_base.SDXL``,
+    "sd1" / "sd2": ``model_base.BaseModel``) with the tiny config and seeded weights;
+    epsilon prediction or v-prediction (SDXL and SD2, recognised the host's way from the
+    state dict). ``weight_dtype`` other than fp32 stores the same weights in that dtype
+    (fp16, bf16, fp8) with the compute dtype the host's own manual cast picks for this
+    device, as a checkpoint loader would; ``manual_cast`` off computes in the weight dtype
+    itself (what a GPU with bf16 or fp16 does)."""
+    tiny = TINY_FAMILIES[family]
+    if v_prediction and tiny.v_prediction_marker is None:
+        raise ValueError(f"the tiny {family} model has no v-prediction form")
+
     def model_in(dtype, manual_cast_dtype):
-        model_config = TinySDXL(config or TINY_UNET_CONFIG)
-        model_config.unet_config["num_head_channels"] = head_channels
+        model_config = tiny.model_config(config or tiny.unet_config)
+        if model_config.unet_config.get("num_head_channels", -1) != -1:
+            model_config.unet_config["num_head_channels"] = head_channels
         model_config.set_inference_dtype(dtype, manual_cast_dtype)
-        markers = {"v_pred": torch.zeros(0)} if v_prediction else {}
-        return model_config.get_model(markers, device=torch.device("cpu"))
+        return model_config.get_model(dict(tiny.v_prediction_marker) if v_prediction else {},
+                                      device=torch.device("cpu"))
 
     torch.manual_seed(seed)
     model = model_in(torch.float32, None)
@@ -114,13 +154,15 @@ def build_model(seed: int = 0, config: dict | None = None, head_channels: int = 
         offload_device=comfy.model_management.unet_offload_device())
 
 
-def build_clip(seed: int = 0, layers: int = 3, width: int = TEXT_WIDTH) -> comfy.sd.CLIP:
-    """SDXL's two text encoders (real tokenizer files) at ``width``."""
-    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+def build_clip(seed: int = 0, layers: int = 3, width: int = TEXT_WIDTH, family: str = "sdxl") -> comfy.sd.CLIP:
+    """The family's text encoders (the host's clip target for it: SDXL clip_l + clip_g,
+    SD1.x clip_l, SD2.x clip_h) on the real tokenizer files, at ``width``."""
+    model_config = TINY_FAMILIES[family].model_config
+    target = model_config(TINY_FAMILIES[family].unet_config).clip_target()
+    encoder_config = _tiny_clip_config(layers, width)
     torch.manual_seed(seed)
     clip = comfy.sd.CLIP(target, model_options={
-        "clip_l_model_config": _tiny_clip_config(layers, width),
-        "clip_g_model_config": _tiny_clip_config(layers, width),
+        **{f"clip_{name}_model_config": encoder_config for name in ("l", "g", "h")},
         "dtype": torch.float32,
         "initial_device": torch.device("cpu"),
     })
@@ -136,9 +178,11 @@ def build_vae(seed: int = 0) -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=taesd.state_dict())
 
 
-def build_all(seed: int = 0) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:
-    """MODEL, CLIP and VAE, as a checkpoint loader returns them."""
-    return build_model(seed), build_clip(seed), build_vae(seed)
+def build_all(seed: int = 0, family: str = "sdxl", v_prediction: bool = False,
+              ) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:
+    """MODEL, CLIP and VAE of a tiny ``family`` model, as a checkpoint loader returns them."""
+    return (build_model(seed, v_prediction=v_prediction, family=family), build_clip(seed, family=family),
+            build_vae(seed))
 
 
 @dataclass
@@ -159,22 +203,36 @@ class ShapesModelConfig:
     # trained drew colour noise all over the image that way (docs/shapes_model.md)
     v_prediction: bool = True
     train: dict = field(default_factory=dict)     # the training run's settings, for the record
+    # the UNet family (TINY_FAMILIES); files written before SD2.x shapes models are SDXL's
+    family: str = "sdxl"
+
+    @classmethod
+    def for_family(cls, family: str, **fields) -> "ShapesModelConfig":
+        """SDXL's shrunk pattern above, or SD1.x's / SD2.x's own block pattern (depth 1
+        at its three attended levels, as the host detects it) at the same small widths."""
+        if family == "sdxl":
+            return cls(**fields)
+        detected = DETECTED_UNET_CONFIGS[family]
+        layout = {key: tuple(detected[key]) for key in ("channel_mult", "transformer_depth", "transformer_depth_output")}
+        return cls(**layout, transformer_depth_middle=detected["transformer_depth_middle"], family=family, **fields)
+
+    def context_dim(self) -> int:
+        return 2 * self.text_width if self.family == "sdxl" else self.text_width   # SDXL: clip_l + clip_g
 
     def unet_config(self) -> dict:
-        return unet_config(
-            model_channels=self.model_channels, channel_mult=list(self.channel_mult),
-            transformer_depth=list(self.transformer_depth),
-            transformer_depth_output=list(self.transformer_depth_output),
-            transformer_depth_middle=self.transformer_depth_middle,
-            context_dim=2 * self.text_width,
-            adm_in_channels=self.text_width + SDXL_SIZE_EMBEDS)
+        adm = {"adm_in_channels": self.text_width + SDXL_SIZE_EMBEDS} if self.family == "sdxl" else {}
+        return {**TINY_FAMILIES[self.family].unet_config, **adm,
+                "model_channels": self.model_channels, "channel_mult": list(self.channel_mult),
+                "transformer_depth": list(self.transformer_depth),
+                "transformer_depth_output": list(self.transformer_depth_output),
+                "transformer_depth_middle": self.transformer_depth_middle, "context_dim": self.context_dim()}
 
 
 def build_shapes_model(config: ShapesModelConfig, seed: int = 0):
     """MODEL, CLIP, VAE with freshly initialised weights (fp32, CPU)."""
     model = build_model(seed, config.unet_config(), head_channels=config.head_channels,
-                        v_prediction=config.v_prediction)
-    clip = build_clip(seed, layers=config.text_layers, width=config.text_width)
+                        v_prediction=config.v_prediction, family=config.family)
+    clip = build_clip(seed, layers=config.text_layers, width=config.text_width, family=config.family)
     return model, clip, build_vae(seed)
 
 

@@ -28,6 +28,7 @@ from ..maskattn_ops.mask_supervision import mask_supervision_loss
 from ..maskattn_ops.run_state import Captures, RunState
 from ..maskattn_ops.sites import select_sites
 from . import patching
+from .model_family import family_of
 from .training_data import Encoder, Sample, epoch_order, fixed_batch_loss, noise_and_sigma
 
 
@@ -125,7 +126,8 @@ class HeadTrainer:
         # the heads' init from the seed alone, whatever the loaders drew before
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            heads = HeadSet.for_sites(sites, embed_dim=settings.embed_dim, threshold=settings.threshold)
+            heads = HeadSet.for_sites(sites, embed_dim=settings.embed_dim, threshold=settings.threshold,
+                                      base_family=family_of(model))
         self.heads = heads.to(self.device)
         self.step_module = HeadTrainingStep(model, self.heads, threshold=settings.threshold, mode=settings.mode,
                                             mask_weight=settings.mask_weight, recompute=settings.recompute)

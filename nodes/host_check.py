@@ -56,10 +56,10 @@ REQUIRED = (
     ("folder_paths", "get_input_subfolders", "Load MaskAttn Training Set"),
     ("comfy.sd", "CLIP", "the demo models"),
     ("comfy.sd", "VAE", "the demo models"),
-    ("comfy.sdxl_clip", "SDXLClipModel", "the demo models"),
-    ("comfy.sdxl_clip", "SDXLTokenizer", "the demo models"),
-    ("comfy.supported_models_base", "ClipTarget", "the demo models"),
-    ("comfy.supported_models", "SDXL", "the demo models"),
+    ("comfy.supported_models", "SDXL", "the demo models; heads' model family"),
+    ("comfy.supported_models", "SD15", "the demo models; heads' model family"),
+    ("comfy.supported_models", "SD20", "the demo models; heads' model family"),
+    ("comfy.supported_models", "SDXLRefiner", "heads' model family"),
     ("comfy.taesd.taesd", "TAESD", "the demo models"),
 )
 # Keyword arguments of host functions we call with them (none today: transformer_options

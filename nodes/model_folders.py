@@ -35,13 +35,13 @@ def heads_file_names() -> list[str]:
             if is_heads_file(folder_paths.get_full_path(HEADS_FOLDER, name))]
 
 
-def heads_that_fit(sites) -> list[str]:
-    """The offered heads files made for a model with these sites and widths (for an error
-    that says which file to pick instead)."""
+def heads_that_fit(sites, family: str) -> list[str]:
+    """The offered heads files made for a model of this family with these sites and
+    widths (for an error that says which file to pick instead)."""
     fitting = []
     for name in heads_file_names():
         try:
-            load_heads(folder_paths.get_full_path(HEADS_FOLDER, name)).check_fits(sites)
+            load_heads(folder_paths.get_full_path(HEADS_FOLDER, name)).check_fits(sites, family=family)
         except HeadsFileError:
             continue
         fitting.append(name)

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 CATEGORY = "MaskAttn/demo"
 # Combo values are what saved workflows store: short keys, stable forever.
 SHAPES, TINY_RANDOM = "shapes-sdxl", "tiny-sdxl-random"
-DEMO_MODELS = (SHAPES, TINY_RANDOM)
+# random-weight models of each UNet family the nodes support: (family, v-prediction)
+TINY_RANDOM_MODELS = {TINY_RANDOM: ("sdxl", False), "tiny-sd1-random": ("sd1", False),
+                      "tiny-sd2-random": ("sd2", False), "tiny-sd2-v-random": ("sd2", True)}
+DEMO_MODELS = (SHAPES, *TINY_RANDOM_MODELS)
 # Values that workflows saved by earlier versions hold, still loaded.
 LEGACY_VALUES = {
     "shapes SDXL, trained on rendered shapes (128 px)": SHAPES,
@@ -44,17 +47,20 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
                 "squares and triangles (scripts/train_shapes_model.py writes "
                 "weights/shapes_sdxl.safetensors): prompt it like 'a red circle and a blue "
                 "square' at 128x128 (colours: red, green, blue, yellow, purple, orange). "
-                "'tiny-sdxl-random' has random weights and only runs the wiring."),
+                "The tiny-*-random models have random weights and only run the wiring: SDXL's, "
+                "SD1.x's (clip_l) and SD2.x's (OpenCLIP ViT-H; epsilon, or v-prediction as SD2 768) "
+                "architectures, small."),
             inputs=[
                 io.Combo.Input("model", options=list(DEMO_MODELS), default=SHAPES,
                                tooltip="shapes-sdxl: trained on rendered shapes (128 px). "
-                                       "tiny-sdxl-random: random weights (wiring only)."),
+                                       "tiny-sdxl/sd1/sd2/sd2-v-random: that family's architecture with "
+                                       "random weights (wiring only)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the random weights (used by tiny-sdxl-random only)."),
+                             tooltip="Seed of the random weights (used by the tiny-*-random models only)."),
             ],
             outputs=[
                 io.Model.Output(tooltip="The UNet, like a checkpoint loader's MODEL."),
-                io.Clip.Output(tooltip="SDXL's two text encoders, small."),
+                io.Clip.Output(tooltip="The family's text encoders (SDXL: two), small."),
                 io.Vae.Output(tooltip="A small VAE."),
             ],
         )
@@ -75,8 +81,9 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
         if key != model:
             log.info("Load MaskAttn Demo Model: %r is now %r", model, key)
         with torch.inference_mode():
-            if key == TINY_RANDOM:
-                return io.NodeOutput(*demo_models.build_all(seed))
+            if key in TINY_RANDOM_MODELS:
+                family, v_prediction = TINY_RANDOM_MODELS[key]
+                return io.NodeOutput(*demo_models.build_all(seed, family, v_prediction))
             if not demo_models.SHIPPED.is_file():
                 raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {demo_models.SHIPPED} is missing; "
                                         "train it with scripts/train_shapes_model.py --out <that path>")

@@ -10,6 +10,7 @@ from ..maskattn_ops.gate_head import GATE_MODES
 from ..maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from ..maskattn_ops.heads import HeadSet, HeadsFileError, load_heads
 from . import patching
+from .model_family import family_of
 from .model_folders import HEADS_FOLDER, heads_file_names, heads_that_fit
 from .widget_hints import newer_schema_fields, used_when
 
@@ -30,7 +31,8 @@ class MaskAttnLoadHeads(io.ComfyNode):
                 "Loads learned MaskAttn-SDXL gate heads (a .safetensors file from models/maskattn): "
                 "one small head per gated cross-attention site that predicts where each prompt "
                 "token may act. Heads are made for one base model; Apply Masked Cross-Attention "
-                "refuses heads whose sites or widths differ from the MODEL's, and warns when the heads were "
+                "refuses heads made for another UNet family (SDXL, SD1.x, SD2.x) or whose sites or widths "
+                "differ from the MODEL's, and warns when the heads were "
                 "trained on another checkpoint of the same widths."),
             inputs=[
                 io.Combo.Input("heads_name", options=heads_file_names(),
@@ -63,7 +65,7 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
                 "softmax (0 keeps, a large negative suppresses; the start token is always kept). "
                 "Returns a patched copy of the MODEL; the input MODEL is unchanged."),
             inputs=[
-                io.Model.Input("model", tooltip="The SDXL model to gate."),
+                io.Model.Input("model", tooltip="The model to gate (SDXL, SD1.x or SD2.x; the heads must be trained for its family)."),
                 Heads.Input("heads", tooltip="Gate heads from Load MaskAttn Heads, made for this model."),
                 used_when(io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                          tooltip="Probability at which a token is kept. The paper uses 0.5."),
@@ -114,11 +116,11 @@ class MaskAttnApplyMaskedCrossAttention(io.ComfyNode):
     def execute(cls, model, heads: HeadSet, threshold: float, mode: str, start_percent: float,
                 end_percent: float, apply_to_uncond: bool, self_attention_gating: bool = False) -> io.NodeOutput:
         window = patching.sigma_window(model, start_percent, end_percent, "Apply Masked Cross-Attention")
-        sites = patching.discover_sites(model)
+        sites, family = patching.discover_sites(model), family_of(model)
         try:
-            heads.check_fits(sites, "this MODEL")
+            heads.check_fits(sites, "this MODEL", family)
         except HeadsFileError as e:
-            fitting = heads_that_fit(sites)
+            fitting = heads_that_fit(sites, family)
             hint = (f"heads files that fit this MODEL: {', '.join(fitting)}" if fitting else
                     "no heads file in models/maskattn fits this MODEL: train some for it (Train MaskAttn Heads)")
             raise ValueError(f"Apply Masked Cross-Attention (heads): {e}. {hint}") from None

@@ -27,7 +27,7 @@ class MaskAttnEncodeRegionPrompt(io.ComfyNode):
             description=(
                 "Encodes the prompt exactly as CLIP Text Encode does, and also outputs the prompt's "
                 "tokens so Bind Region to Words finds each word where the conditioning has it "
-                "(multi-token words, repeated words, long prompts, both SDXL encoders)."),
+                "(multi-token words, repeated words, long prompts; SDXL's two encoders, SD1.x's and SD2.x's one)."),
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP model to encode with."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, tooltip="The prompt."),

@@ -112,15 +112,16 @@ class MaskAttnTrainHeads(io.ComfyNode):
                                tooltip="AdamW learning rate (no weight decay)."),
                 io.Int.Input("resolution", default=1024, min=64, max=4096, step=64,
                              tooltip="Pairs are resized and centre-cropped to this square (the model's "
-                                     "size: 1024 for SDXL, 128 for the demo model)."),
+                                     "size: 1024 for SDXL, 512 for SD1.x, 768 for SD2.x 768-v, 128 for the demo model)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds the heads' init, the data order, the noise and the noise levels."),
                 io.Combo.Input("mode", options=list(GATE_MODES), default="hard",
                                tooltip="hard: binary gates with a straight-through estimator (the paper); "
                                        "soft: log-probability bias."),
                 io.Combo.Input("sites", options=["mid-resolution", "all"], default="mid-resolution",
-                               tooltip="Where heads gate: the mid-resolution sites (the paper: the 64x64 "
-                                       "latent level at 1024 px) or every cross-attention site."),
+                               tooltip="Where heads gate: the mid-resolution sites (the latent/2 level: "
+                                       "SDXL's 64x64 at 1024 px, the paper's; SD1.x's 32x32 at 512 px) or "
+                                       "every cross-attention site."),
                 io.Float.Input("mask_weight", default=0.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Weight of the mask supervision term for pairs with masks "
                                        "(0: the paper's diffusion loss alone)."),

@@ -139,7 +139,7 @@ class Encoder:
 
     @torch.no_grad()
     def __call__(self, samples: list[Sample], device):
-        """-> latent, context, y, targets (per sample: [(phrase positions, mask (H, W))])."""
+        """-> latent, context, y (None without adm), targets (per sample: [(phrase positions, mask (H, W))])."""
         latent = self.latents(samples).to(device)
         contexts, pooled, targets = [], [], []
         for s in samples:
@@ -151,8 +151,9 @@ class Encoder:
                              torch.from_numpy(np.asarray(fit(mask(), self.resolution), dtype=np.float32) / 255.0))
                             for phrase, mask in s.masks.items()])
         r = self.resolution
+        # SDXL's pooled text and size embeddings; None for SD1.x/SD2.x, which have no adm input
         y = self.model.model.encode_adm(pooled_output=torch.cat(pooled), width=r, height=r, target_width=r, target_height=r)
-        return latent, torch.cat(contexts).to(device), y.to(device), targets
+        return latent, torch.cat(contexts).to(device), None if y is None else y.to(device), targets
 
 
 def noise_and_sigma(model_sampling, latent: torch.Tensor, seed: int, step: int, indices: list[int]):

@@ -45,7 +45,7 @@ if __name__ == "__main__":
     else:
         torch.manual_seed(0)
         heads = HeadSet({s: (TINY_MID_WIDTH, TINY_MID_WIDTH) for s in MID_SITES}, context_dim=TINY_CONTEXT,
-                        base_family="sdxl-tiny-demo", training={"steps": 0, "note": "untrained: keeps every token"})
+                        base_family="sdxl", training={"steps": 0, "note": "untrained: keeps every token"})
         path = REPO / "weights" / DEMO_HEADS
         save_heads(heads, path)
         print(f"wrote {path} ({path.stat().st_size:,} bytes)")

@@ -1,7 +1,8 @@
 """Test harness. Tiers: tests/ops (pure torch, no host), tests/host (the real ComfyUI
 in-process, tiny models), tests/e2e (servers, the browser, subprocess CLIs); see
 scripts/test.sh. Fixtures are lazy: a test pays only for what it asks for. The host is
-imported once per run, tiny SDXL-architecture models are built once per run (in
+imported once per run, tiny models (SDXL's architecture; SD1.x's and SD2.x's for the
+tests marked ``every_family``) are built once per run (in
 inference mode, as the host's loader nodes build them), and the host's node registry
 (init_extra_nodes, ~40 s) only for tests that run graphs or check registration."""
 from __future__ import annotations
@@ -91,11 +92,15 @@ def tiny(host):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny):
-    """(MODEL, CLIP, VAE) of the tiny SDXL, built once; tests clone, never mutate."""
+def tiny_models(tiny, request):
+    """(MODEL, CLIP, VAE) of the tiny SDXL, built once; tests clone, never mutate. A test
+    marked ``@every_family`` (helpers.py) gets each family's tiny model in turn (the
+    fixtures built on this one follow), by its Load MaskAttn Demo Model key."""
     import torch
+    from comfyui_maskattn.nodes.nodes_demo import TINY_RANDOM, TINY_RANDOM_MODELS
+    family, v_prediction = TINY_RANDOM_MODELS[getattr(request, "param", TINY_RANDOM)]
     with torch.inference_mode():
-        return tiny.build_all(seed=0)
+        return tiny.build_all(seed=0, family=family, v_prediction=v_prediction)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,22 @@
 """Assertions, bias providers and scripted gate heads shared by the host tests."""
+import pytest
 import torch
 from torch.testing import assert_close
+
+# Load MaskAttn Demo Model's random models of every UNet family the nodes support
+# (nodes_demo.TINY_RANDOM_MODELS): a test marked with this runs on each in turn, through
+# the ``tiny_models`` fixture and every fixture built on it.
+FAMILY_MODELS = ["tiny-sdxl-random", "tiny-sd1-random", "tiny-sd2-random", "tiny-sd2-v-random"]
+every_family = pytest.mark.parametrize("tiny_models", FAMILY_MODELS, indirect=True,
+                                       ids=["sdxl", "sd1", "sd2", "sd2-v"])
+
+
+def build_like(tiny, model, **kwargs):
+    """A fresh tiny model of ``model``'s family and prediction type (seed 0 unless given)."""
+    from comfyui_maskattn.nodes.model_family import family_of
+    import comfy.model_base
+    v_prediction = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    return tiny.build_model(**{"seed": 0, **kwargs}, family=family_of(model), v_prediction=v_prediction)
 
 
 def assert_same_run(actual, expected):

@@ -61,6 +61,32 @@ def test_trainer_runs_resumes_and_exports(host, tmp_path):
     assert bad.returncode != 0 and "must be positive and rising" in bad.stderr
 
 
+def test_sd2_shapes_model_trains_on_a_given_vae_and_evaluates_beside(host, saved_random, tmp_path):
+    """--family sd2: SD2.x's blocks and one text encoder (clip_h), the VAE taken from
+    another shapes model (weights equal, latent normalised again for SD2's scale
+    factor); its evaluation writes its own table (shapes_eval_sd2.md), never the SDXL one."""
+    from comfyui_maskattn.nodes import demo_models
+    from comfyui_maskattn.nodes.model_family import family_of
+    out = tmp_path / "shapes_sd2.safetensors"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "train_shapes_model.py"), "--out", str(out),
+                    "--family", "sd2", "--vae-from", str(saved_random), "--steps", "2", "--batch-size", "2",
+                    "--pool", "64", "--ceiling-scenes", "4", "--norm-scenes", "8", "--warmup", "1"],
+                   check=True, capture_output=True, text=True)
+    config = demo_models.read_config(out)
+    assert config.family == "sd2" and config.transformer_depth == (1, 1, 1, 1, 1, 1, 0, 0)
+    model, clip, vae = demo_models.load_shapes_model(out)
+    assert family_of(model) == "sd2" and list(clip.tokenize("a red circle")) == ["h"]
+    _, _, given = demo_models.load_shapes_model(saved_random)
+    ours, theirs = vae.first_stage_model.state_dict(), given.first_stage_model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k not in ("vae_scale", "vae_shift"))
+    assert not torch.equal(ours["vae_scale"], theirs["vae_scale"])         # SD2's 0.18215, not SDXL's 0.13025
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_shapes.py"), "--model", str(out),
+                           "--results", str(tmp_path / "eval"), "--images", str(tmp_path / "images"), "--sets", "1",
+                           "--steps", "2", "--rows", "none;guidance a=0.08"], check=True, capture_output=True, text=True)
+    assert "| guidance a=0.08 | 1 |" in done.stdout
+    assert (tmp_path / "shapes_eval_sd2.md").is_file() and not (tmp_path / "shapes_eval.md").exists()
+
+
 def test_evaluation_command_scores_rows(host, saved_random, tmp_path):
     """The evaluation runs rows through the nodes and the host's sampler and writes
     per-set records, the table with intervals, the grid and the quality rates; every

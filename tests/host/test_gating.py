@@ -1,4 +1,5 @@
-"""Learned gating on the real host: Apply Masked Cross-Attention over the tiny SDXL."""
+"""Learned gating on the real host: Apply Masked Cross-Attention over the tiny SDXL (and
+SD1.x and SD2.x, for the tests marked every_family)."""
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from comfyui_maskattn.maskattn_ops.attention import SUPPRESSED
 from comfyui_maskattn.maskattn_ops.gate_providers import GateBias, SelfAttentionGate
 from comfyui_maskattn.maskattn_ops.heads import HeadSet, save_heads
 
-from helpers import Spy, assert_same_run, scripted_heads
+from helpers import Spy, assert_same_run, every_family, scripted_heads
 
 SUPPRESSED_TOKEN = 2     # "red" in "a red circle ...": start token, "a", "red"
 
@@ -41,6 +42,7 @@ def apply(nodes_gating, model, heads, **options):
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("cfg,batch,size", [(5.0, 1, (16, 16)), (1.0, 2, (16, 24)), (5.0, 2, (24, 16))])
+@every_family
 def test_fresh_heads_reproduce_unpatched(nodes_gating, tiny_models, mid_sites, sample, sampler, cfg, batch, size):
     model = tiny_models[0]
     run = dict(sampler=sampler, cfg=cfg, batch=batch, height=size[0], width=size[1])
@@ -48,6 +50,7 @@ def test_fresh_heads_reproduce_unpatched(nodes_gating, tiny_models, mid_sites, s
 
 
 @pytest.mark.parametrize("cfg,batch,size", [(5.0, 1, (16, 16)), (1.0, 2, (16, 24))])
+@every_family
 def test_forced_head_changes_output_and_never_empties_a_location(
         nodes_gating, patching, tiny_models, mid_sites, sample, cfg, batch, size):
     model = tiny_models[0]
@@ -141,6 +144,30 @@ def test_heads_for_another_model_are_refused(nodes_gating, tiny, tiny_models):
         apply(nodes_gating, tiny_models[0], heads)
     with pytest.raises(ValueError, match="no heads file in models/maskattn fits this MODEL"):
         apply(nodes_gating, wide, fresh_heads(select_sites(patching.discover_sites(tiny_models[0]), "mid-resolution")))
+
+
+def test_heads_for_another_family_are_refused_naming_both(nodes_gating, patching, tiny):
+    """Tiny SD1.x and SD2.x models have the same sites and widths: only the family the
+    heads record tells their heads apart. Heads without a record (older files) are
+    checked by widths alone."""
+    from comfyui_maskattn.maskattn_ops.sites import select_sites
+    from comfyui_maskattn.nodes.model_family import family_of
+    with torch.inference_mode():
+        sd1, sd2, sdxl = (tiny.build_model(family=f) for f in ("sd1", "sd2", "sdxl"))
+    assert [family_of(m) for m in (sd1, sd2, sdxl)] == ["sd1", "sd2", "sdxl"]
+    sd2_sites = select_sites(patching.discover_sites(sd2), "mid-resolution")
+    assert [(s.name, s.channels, s.context_dim) for s in sd2_sites] == \
+        [(s.name, s.channels, s.context_dim) for s in select_sites(patching.discover_sites(sd1), "mid-resolution")]
+    with torch.inference_mode():
+        sd2_heads = HeadSet.for_sites(sd2_sites, base_family=family_of(sd2))
+    with pytest.raises(ValueError, match=r"Apply Masked Cross-Attention \(heads\): these heads were trained on an SD2.x "
+                                         r"model; this MODEL is SD1.x\. no heads file in models/maskattn fits"):
+        apply(nodes_gating, sd1, sd2_heads)
+    with pytest.raises(ValueError, match=r"trained on an SD2.x model; this MODEL is SDXL\. heads files that fit this "
+                                         r"MODEL: .*tiny_sdxl_untrained_heads"):
+        apply(nodes_gating, sdxl, sd2_heads)
+    apply(nodes_gating, sd2, sd2_heads)
+    apply(nodes_gating, sd1, fresh_heads(sd2_sites))            # no family recorded: widths fit
 
 
 def test_load_and_apply_inside_a_graph(run_graph, tmp_path, patching, tiny_models, mid_sites):
@@ -300,6 +327,7 @@ class WrittenOutGate:
 @pytest.mark.parametrize("mode, threshold, to_uncond, start", [
     ("hard", 0.3, True, 0.0), ("hard", 0.7, False, 0.0), ("hard", 0.7, True, 0.3),
     ("soft", 0.9, True, 0.0), ("soft", 0.5, False, 0.3)])
+@every_family
 def test_gates_through_the_sampler_equal_the_gate_written_out(nodes_gating, patching, tiny_models, mid_sites, sample,
                                                                mode, threshold, to_uncond, start):
     """Apply Masked Cross-Attention through the host's sampler equals the same heads'

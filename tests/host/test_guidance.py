@@ -7,6 +7,8 @@ from comfyui_maskattn.maskattn_ops.attention import attention_logits
 from comfyui_maskattn.maskattn_ops.guidance import ENDO_TERMS
 from comfyui_maskattn.maskattn_ops.regions import mask_to_grid
 
+from helpers import build_like, every_family
+
 PROMPT = "a red circle and a blue square"
 WORDS = [2, 3]          # "red circle"
 
@@ -92,27 +94,30 @@ def euler_step(model, x, sigmas, i, extra_args, state):
 
 def node_and_written_out(nodes_regions, patching, tiny, regions, region_prompt, encode, *, sampler, step, steps,
                          end, sites="all", v_prediction=False, alpha=0.08, cfg=5.0, seed=0, start=0.0, batch=1,
-                         written_regions=None):
+                         written_regions=None, like=None):
     """The same run twice, on the tiny model (seed 0): Region Mask Guidance through the
     host's ``sampler``, and written out: Endo's update (``endo_update``, its guidance
     forward running the whole UNet on a twin built outside inference mode: plain
     autograd; ``written_regions`` as ``endo_loss_written_out`` takes them) while sigma
-    is in the window, then ``step``. Also the unguided run. Returns (node, written out,
-    unguided) final latents."""
+    is in the window, then ``step``. Also the unguided run. ``like``: a model of the family
+    to build (else the tiny SDXL). Returns (node, written out, unguided) final latents."""
     import comfy.sample
     import comfy.samplers
     positive, _ = region_prompt
     negative = encode("")
     latent = torch.zeros(batch, 4, 16, 16)
     noise = comfy.sample.prepare_noise(latent, seed)
+    def build():
+        return build_like(tiny, like) if like is not None else tiny.build_model(seed=0, v_prediction=v_prediction)
+
     with torch.inference_mode():
-        model = tiny.build_model(seed=0, v_prediction=v_prediction)
+        model = build()
         guided = guide(nodes_regions, model, regions, alpha=alpha, start=start, end=end, sites=sites)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
         node_out = comfy.sample.sample_custom(guided, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas,
                                               positive, negative, latent, seed=seed)
 
-    twin = tiny.build_model(seed=0, v_prediction=v_prediction)
+    twin = build()
     twin.model.requires_grad_(False)                     # frozen, as a sampled model is
     capture = Capture()
     twin = patching.install_bias(twin, capture, sites)
@@ -152,6 +157,16 @@ def test_node_equals_endo_update_written_out(nodes_regions, patching, tiny, regi
         sampler="ddim", step=euler_step, steps=10, end=0.3, sites=sites))
 
 
+@every_family
+def test_every_family_guided_equals_endo_written_out(nodes_regions, patching, tiny, tiny_models, region_prompt,
+                                                    regions, encode):
+    """SDXL, SD1.x, SD2.x (epsilon and v-prediction): DDIM, Endo's update written out on
+    the family's own model, guided at every cross-attention site (Endo's setting)."""
+    assert_node_equals_written_out(*node_and_written_out(
+        nodes_regions, patching, tiny, regions, region_prompt, encode,
+        sampler="ddim", step=euler_step, steps=10, end=0.3, like=tiny_models[0]))
+
+
 def words_mass_inside(patching, model, sample, steps=6, at_percent=0.5):
     """Fraction of the bound words' cond attention that lies inside the region, over all
     sites, at the first step after ``at_percent`` of sampling."""
@@ -171,6 +186,7 @@ def words_mass_inside(patching, model, sample, steps=6, at_percent=0.5):
     return inside_mass / total
 
 
+@every_family
 def test_guidance_raises_the_words_mass_inside_after_the_window(nodes_regions, patching, tiny_models, regions, sample):
     model = tiny_models[0]
     base = words_mass_inside(patching, model, sample)
@@ -195,6 +211,7 @@ def test_guidance_pass_runs_only_up_to_the_last_guided_site(nodes_regions, patch
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "heun", "ddim", "lcm"])
+@every_family
 def test_supported_samplers_run_guided(nodes_regions, tiny_models, regions, sample, sampler):
     out = sample(guide(nodes_regions, tiny_models[0], regions, end=0.5), sampler=sampler, steps=4)
     assert torch.isfinite(out).all()
@@ -209,6 +226,7 @@ def test_unsupported_samplers_are_refused_clearly(nodes_regions, tiny_models, re
     assert k_diffusion_sampling.trange.__name__ == "trange"
 
 
+@every_family
 def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, regions, sample):
     model = guide(nodes_regions, tiny_models[0], regions, start=1.0, end=1.0)
     assert torch.equal(sample(model), sample(tiny_models[0]))

@@ -8,6 +8,8 @@ from comfyui_maskattn.maskattn_ops.regions import mask_to_grid
 from comfyui_maskattn.maskattn_ops.region_attention import RegionAttention
 from comfyui_maskattn.maskattn_ops.regions import Region
 
+from helpers import FAMILY_MODELS, every_family
+
 
 PROMPT = "a red circle and a blue square"
 
@@ -59,6 +61,7 @@ def test_region_prompt_encodes_like_clip_text_encode(prompt, encode):
     assert region_prompt.positions("red circle") == [2, 3] and region_prompt.context_tokens == 77
 
 
+@every_family
 def test_bind_errors_name_the_problem(nodes_regions, prompt):
     _, p = prompt
     with pytest.raises(ValueError, match="Bind Region to Words: 'giraffe' is not in the prompt"):
@@ -76,6 +79,7 @@ def test_bind_errors_name_the_problem(nodes_regions, prompt):
 
 
 @pytest.mark.parametrize("fill", ["zero", "one", "half"])
+@every_family
 def test_swapping_sets_the_words_maps_at_every_site(nodes_regions, patching, tiny_models, prompt, sample, fill):
     _, p = prompt
     mask = {"zero": torch.zeros(1, 64, 64), "one": torch.ones(1, 64, 64), "half": left_half(64, 64)}[fill]
@@ -102,6 +106,7 @@ def top_left_cell() -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["paint-with-words", "paint-and-suppress"])
 @pytest.mark.parametrize("region_mask", [left_half, top_left_cell])
+@every_family
 def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outside(
         nodes_regions, patching, tiny_models, prompt, sample, mode, region_mask):
     """paint-with-words adds c = w' log(1 + sigma) max(QK^T) inside the region and nothing
@@ -150,6 +155,7 @@ def test_painting_raises_the_words_logits_inside_and_suppress_lowers_them_outsid
 
 
 @pytest.mark.parametrize("mode", ["swapping", "paint-with-words", "paint-and-suppress"])
+@every_family
 def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, prompt, sample, mode):
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half())
@@ -158,6 +164,7 @@ def test_inactive_window_is_exactly_unpatched(nodes_regions, tiny_models, prompt
 
 
 @pytest.mark.parametrize("mode", ["swapping", "paint-with-words", "paint-and-suppress"])
+@every_family
 def test_modes_raise_the_words_attention_mass_inside(nodes_regions, patching, tiny_models, prompt, sample, mode):
     """The attention the sites really use, on the cond rows during the window. (The
     lasting effect, after the window, needs a model that learned something: the random
@@ -200,9 +207,10 @@ def test_attention_modes_run_with_every_sampler(nodes_regions, tiny_models, prom
         assert torch.isfinite(sample(guide(nodes_regions, tiny_models[0], regions, mode=mode), sampler=sampler, steps=3)).all()
 
 
-def test_regions_graph_through_the_executor(run_graph):
+@pytest.mark.parametrize("demo_model", FAMILY_MODELS)
+def test_regions_graph_through_the_executor(run_graph, demo_model):
     prompt = {
-        "1": {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": "tiny-sdxl-random", "seed": 0}},
+        "1": {"class_type": "MaskAttnLoadDemoModel", "inputs": {"model": demo_model, "seed": 0}},
         "2": {"class_type": "MaskAttnEncodeRegionPrompt", "inputs": {"clip": ["1", 1], "text": PROMPT}},
         "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 128}},
         "4": {"class_type": "MaskAttnBindRegion", "inputs": {

@@ -21,11 +21,21 @@ def demo_models(host):
     return demo_models
 
 
-@pytest.fixture(scope="module")
-def fresh(demo_models):
-    """A randomly initialised shapes model (the architecture, not the shipped weights)."""
-    config = demo_models.ShapesModelConfig(train={"note": "test"})
+@pytest.fixture(scope="module", params=["sdxl", "sd2"])
+def fresh(demo_models, request):
+    """A randomly initialised shapes model (the architecture, not the shipped weights) of
+    SDXL's family and of SD2.x's (Endo's)."""
+    config = demo_models.ShapesModelConfig.for_family(request.param, train={"note": "test"})
     return config, *demo_models.build_shapes_model(config, seed=3)
+
+
+def token_table(clip, encoder: str):
+    return getattr(clip.cond_stage_model, f"clip_{encoder}").transformer.text_model.embeddings.token_embedding.weight
+
+
+def last_encoder(config) -> str:
+    """clip_g for SDXL (whose pooled output is SDXL's), clip_h for SD2.x."""
+    return "g" if config.family == "sdxl" else "h"
 
 
 def test_batched_caption_encoding_is_the_hosts(shapes_model, fresh):
@@ -40,8 +50,8 @@ def test_batched_caption_encoding_is_the_hosts(shapes_model, fresh):
 
 
 def test_encoding_is_differentiable_in_the_text_encoders(shapes_model, fresh):
-    _, _, clip, _ = fresh
-    table = clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding.weight
+    config, _, clip, _ = fresh
+    table = token_table(clip, last_encoder(config))
     table.requires_grad_(True)
     try:
         context, _ = shapes_model.encode_captions(clip, ["a red circle"])
@@ -56,7 +66,9 @@ def test_file_round_trip(shapes_model, demo_models, fresh, tmp_path):
     config, model, clip, vae = fresh
     path = tmp_path / "m.safetensors"
     shapes_model.save(path, config, model, clip, vae)
-    assert path.stat().st_size < 20e6      # 17.7 MB; full token tables would add 6.3 MB, fp32 double it
+    # SDXL 17.7 MB, SD2.x 22.1 MB (a fourth UNet level, attention at full resolution); full
+    # token tables would add 3-6 MB, fp32 double it
+    assert path.stat().st_size < {"sdxl": 20e6, "sd2": 25e6}[config.family]
     loaded_model, loaded_clip, loaded_vae = demo_models.load_shapes_model(path)
     assert demo_models.read_config(path) == config
     import comfy.model_base        # the parameterization comes back with the file
@@ -68,7 +80,7 @@ def test_file_round_trip(shapes_model, demo_models, fresh, tmp_path):
         a = shapes_model.encode_captions(clip, ["a purple triangle and a orange square"])[0]
         b = shapes_model.encode_captions(loaded_clip, ["a purple triangle and a orange square"])[0]
     torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
-    table = loaded_clip.cond_stage_model.clip_g.transformer.text_model.embeddings.token_embedding.weight
+    table = token_table(loaded_clip, last_encoder(config))
     kept = shapes_model.vocabulary_rows(clip)
     assert table[kept].abs().sum(1).gt(0).all()
     assert table.abs().sum(1).gt(0).sum() == len(kept)      # other tokens: zero
@@ -138,8 +150,8 @@ def test_demo_loader_keys_and_the_values_older_workflows_saved(run_graph):
                 "5": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
                 "6": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}}
 
-    assert DEMO_MODELS == ("shapes-sdxl", "tiny-sdxl-random")
-    assert set(LEGACY_VALUES.values()) == set(DEMO_MODELS)
+    assert DEMO_MODELS == ("shapes-sdxl", "tiny-sdxl-random", "tiny-sd1-random", "tiny-sd2-random", "tiny-sd2-v-random")
+    assert set(LEGACY_VALUES.values()) == {"shapes-sdxl", "tiny-sdxl-random"}   # the two that had long values
     legacy = next(old for old, key in LEGACY_VALUES.items() if key == "tiny-sdxl-random")
     for value in ("tiny-sdxl-random", legacy):
         assert len(run_graph(graph(value))["5"]["images"]) == 1

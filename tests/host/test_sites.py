@@ -1,5 +1,6 @@
-"""Cross-attention sites: the real SDXL list, the mid-resolution selection, and what
-the host reports at each site during a real sampling run."""
+"""Cross-attention sites: the real SDXL list, SD1.x's and SD2.x's counted from the host's
+config, the mid-resolution selection, and what the host reports at each site during a
+real sampling run."""
 import pytest
 
 from comfyui_maskattn.maskattn_ops.sites import Site, select_sites, token_grid
@@ -9,8 +10,51 @@ MID_KEYS = {(b, i, d) for b, ids in (("input", (4, 5)), ("output", (3, 4, 5))) f
 
 @pytest.fixture(scope="session")
 def sdxl_sites(host):
-    from maskattn_lab.sdxl_sites import sdxl_sites
-    return sdxl_sites()
+    from maskattn_lab.unet_sites import full_size_sites
+    return full_size_sites("sdxl")
+
+
+def sites_from_config(config: dict) -> list[tuple[tuple[str, int, int], int]]:
+    """(key, downsample) of every cross-attention site, counted from a UNet config alone
+    (openaimodel.UNetModel's layout: a conv stem, then per level its res blocks, each
+    with transformer_depth[i] transformer blocks, and a downsampler between levels; the
+    middle block; the output levels in reverse, one block more each)."""
+    res_blocks, levels = config["num_res_blocks"], len(config["channel_mult"])
+    # input blocks take transformer_depth from the front, output blocks from the back
+    depths, out_depths = iter(config["transformer_depth"]), reversed(config["transformer_depth_output"])
+    sites, block_id = [], 0
+    for level in range(levels):
+        for _ in range(res_blocks[level]):
+            block_id += 1
+            sites += [(("input", block_id, d), 2 ** level) for d in range(next(depths))]
+        block_id += 1                                           # the downsampler (none after the last)
+    sites += [(("middle", 0, d), 2 ** (levels - 1)) for d in range(config["transformer_depth_middle"])]
+    block_id = 0
+    for level in reversed(range(levels)):
+        for _ in range(res_blocks[level] + 1):
+            sites += [(("output", block_id, d), 2 ** level) for d in range(next(out_depths))]
+            block_id += 1
+    return sites
+
+
+@pytest.mark.parametrize("family, sites, mid", [("sdxl", 70, 10), ("sd1", 16, 5), ("sd2", 16, 5)])
+def test_every_familys_sites_are_its_configs(patching, tiny, family, sites, mid):
+    """The sites read from the module tree of the full-size UNet (built on meta from the
+    config the host detects for that family's checkpoints) are exactly those the config
+    describes, the tiny model's the same keys; mid-resolution is the latent/2 level
+    (SDXL: 64x64 at 1024 px; SD1.x: 32x32 at 512 px, the middle of its three attended
+    levels; SD2.x: 48x48 at 768 px)."""
+    from maskattn_lab.unet_sites import full_size_sites
+    found = full_size_sites(family)
+    expected = sites_from_config(tiny.DETECTED_UNET_CONFIGS[family])
+    assert [(s.key, s.downsample) for s in found] == expected and len(found) == sites
+    assert {s.context_dim for s in found} == {tiny.DETECTED_UNET_CONFIGS[family]["context_dim"]}
+    chosen = select_sites(found, "mid-resolution")
+    assert [s.key for s in chosen] == [key for key, downsample in expected if downsample == 2] and len(chosen) == mid
+    import torch
+    with torch.inference_mode():
+        tiny_model = tiny.build_model(family=family)
+    assert [(s.key, s.downsample) for s in patching.discover_sites(tiny_model)] == expected
 
 
 def test_real_sdxl_site_list_matches_design_table(sdxl_sites):
@@ -40,7 +84,7 @@ def test_mid_resolution_selection_on_real_sdxl(sdxl_sites):
 
 
 def test_site_table_script_prints_the_levels(sdxl_sites):
-    from maskattn_lab.sdxl_sites import site_table
+    from maskattn_lab.unet_sites import site_table
     table = site_table(sdxl_sites)
     assert "70 cross-attention sites; mid-resolution: 10" in table
     assert sum("yes" in line for line in table.splitlines()) == 5   # 5 blocks x 2 depths

@@ -93,6 +93,22 @@ def test_node_trains_what_the_command_trains(places, run_graph, tmp_path, patchi
     assert any(not torch.equal(initial[key], node_heads[key]) for key in node_heads)
 
 
+@pytest.mark.parametrize("demo_model, family", [("tiny-sd1-random", "sd1"), ("tiny-sd2-random", "sd2"),
+                                                ("tiny-sd2-v-random", "sd2")])
+def test_heads_for_sd1_and_sd2_models(places, run_graph, demo_model, family):
+    """SD1.x and SD2.x (no pooled-text input, one text encoder): the node trains heads for
+    the family's mid-resolution sites, records the family, and they sample at once."""
+    from comfyui_maskattn.maskattn_ops.heads import load_heads
+    _, heads_dir = places
+    prompt = with_sampling(training_graph(steps=2))
+    prompt["1"]["inputs"]["model"] = demo_model
+    outputs = run_graph(prompt)
+    assert len(outputs["4"]["images"]) == 1 and len(outputs["10"]["images"]) == 1
+    trained = load_heads(heads_dir / "trained.safetensors")
+    assert trained.base_family == family and trained.training_summary["steps"] == 2
+    assert trained.site_names == ["input.4.0", "input.5.0", "output.6.0", "output.7.0", "output.8.0"]
+
+
 def test_progress_cancel_and_resume(places, run_graph, graph_queue):
     """The host's progress bar counts the steps; cancelling at step 3 of 6 leaves a resume
     file, and queueing again continues to the heads of an uninterrupted 6-step run."""

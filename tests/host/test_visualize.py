@@ -7,7 +7,7 @@ from torch.testing import assert_close
 from comfyui_maskattn.maskattn_ops.heads import HeadSet
 from comfyui_maskattn.maskattn_ops.sites import select_sites
 
-from helpers import scripted_heads
+from helpers import every_family, scripted_heads
 
 PROMPT = "a red circle and a blue square"
 
@@ -40,17 +40,18 @@ def visualize(nodes_visualize, model, positive, negative, prompt, words="red", s
             regions=regions).args[0]
 
 
-def test_forced_gate_shows_exactly_its_mask(nodes_visualize, setup):
+@every_family
+def test_forced_gate_shows_exactly_its_mask(nodes_visualize, setup, patching):
     from comfyui_maskattn.maskattn_ops import heatmaps
     from comfyui_maskattn.nodes.visualize import capture_maps
     gated, positive, negative, prompt = setup
+    gated_sites = [s.name for s in select_sites(patching.discover_sites(gated), "mid-resolution")]
     with torch.inference_mode():
         maps = capture_maps(gated, positive, negative, {"samples": torch.zeros(2, 4, 16, 24)}, 5.0, 0.5, 0)
     rows = nodes_visualize.word_maps([m for m in maps if m.gates is not None], {"red": [2], "circle": [3]},
                                      "gate (hard)", 0.5, "each site")
     assert [word for word, _ in rows] == ["red", "circle"]
-    assert [label for label, _ in rows[0][1]] == [f"{b}.{i}.{d}" for b, ids in (("input", (4, 5)), ("output", (3, 4, 5)))
-                                                  for i in ids for d in (0, 1)]
+    assert [label for label, _ in rows[0][1]] == gated_sites        # (SDXL's: tests/host/test_sites.py)
     left = torch.zeros(2, 8, 12)
     left[..., :6] = 1
     for _, m in rows[0][1]:
@@ -65,6 +66,7 @@ def test_forced_gate_shows_exactly_its_mask(nodes_visualize, setup):
     assert_close(heat[:, 102:].reshape(-1, 3), heatmaps.RAMP[0].expand(128 * 90, 3))
 
 
+@every_family
 def test_plain_model_shows_attention_and_refuses_gates(nodes_visualize, tiny_models, setup):
     _, positive, negative, prompt = setup
     image = visualize(nodes_visualize, tiny_models[0], positive, negative, prompt, words="red, square",

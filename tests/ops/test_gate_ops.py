@@ -228,6 +228,26 @@ def test_heads_for_another_model_are_refused_naming_both():
     heads.check_fits(SITES)
 
 
+def test_the_family_heads_were_trained_on_is_kept_and_checked(tmp_path):
+    """The family survives the file; another family is refused before widths are compared
+    (SD1.x and SD2.x can share them); a file that records none (or the old demo's
+    "sdxl-tiny-demo") is read as it was written."""
+    path = tmp_path / "sd2.safetensors"
+    save_heads(HeadSet.for_sites(SITES, base_family="sd2"), path)
+    heads = load_heads(path)
+    assert heads.base_family == "sd2"
+    heads.check_fits(SITES, family="sd2")
+    heads.check_fits(SITES)                                   # the model's family unknown: widths only
+    with pytest.raises(HeadsFileError, match=r"trained on an SD2.x model; this MODEL is SD1.x"):
+        heads.check_fits(SITES, "this MODEL", family="sd1")
+    with pytest.raises(HeadsFileError, match=r"trained on an SD2.x model; the model is SDXL"):
+        heads.check_fits([Site(s.key, 2, 128, 8, 16, 64) for s in SITES], family="sdxl")
+    unrecorded = HeadSet.for_sites(SITES)
+    assert unrecorded.base_family == ""
+    unrecorded.check_fits(SITES, family="sd1")
+    assert HeadSet.for_sites(SITES, base_family="sdxl-tiny-demo").base_family == "sdxl"
+
+
 def test_self_attention_bias_separates_object_regions():
     active = torch.ones(1, 77, 4, 4, dtype=torch.bool)       # every token everywhere ...
     active[:, 2] = False
