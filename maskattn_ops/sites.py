@@ -68,6 +68,13 @@ def select_sites(sites: list[Site], selection: str | Iterable[str]) -> list[Site
     return [by_name[n] for n in names]
 
 
+def parse_selection(text: str) -> str | list[str]:
+    """What a user typed for ``select_sites``: a set name or one site name as it is,
+    several comma-separated site names as a list."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names[0] if len(names) == 1 else names
+
+
 def token_grid(activations_shape: list[int] | tuple[int, ...], tokens: int) -> tuple[int, int]:
     """(h, w) of the token grid at a site, from the feature map shape (B, C, h, w) that
     the host reports for the site, checked against the number of query tokens."""

@@ -7,10 +7,10 @@ in-process from ComfyUI's own classes.
   clip_l + clip_g), SD1.x (clip_l) and SD2.x (OpenCLIP ViT-H, penultimate layer; epsilon
   or v-prediction). Random weights under a fixed seed: they prove wiring, not image
   quality (the tests and the benchmarks' wiring checks build them too).
-- The shapes SDXL: the SDXL architecture, trained on rendered shapes by the lab
-  (maskattn_lab/shapes_model.py saves it), read back from one safetensors file whose
-  metadata holds the config it was built from, so ``load_shapes_model`` rebuilds exactly
-  what was trained.
+- The shapes models: the SDXL architecture (and SD2.x's, Endo's setting), trained on
+  rendered shapes by the lab (maskattn_lab/shapes_model.py saves them), read back from one
+  safetensors file whose metadata holds the config it was built from, so
+  ``load_shapes_model`` rebuilds exactly what was trained.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ SDXL_SIZE_EMBEDS = 6 * 256       # six Timestep(256) size/crop embeddings (model
 FORMAT = "maskattn-shapes-model"
 FORMAT_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "shapes_sdxl.safetensors"
+SHIPPED_SD2 = SHIPPED.with_name("shapes_sd2.safetensors")     # SD2.x's architecture, the same data
 UNET_PREFIX, CLIP_PREFIX, VAE_PREFIX = "model.diffusion_model.", "clip.", "vae."
 
 # The UNet configs the host detects from real checkpoints (comfy/model_detection.py,

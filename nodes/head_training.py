@@ -26,7 +26,7 @@ from ..maskattn_ops.gate_providers import GateBias
 from ..maskattn_ops.heads import HeadSet
 from ..maskattn_ops.mask_supervision import mask_supervision_loss
 from ..maskattn_ops.run_state import Captures, RunState
-from ..maskattn_ops.sites import select_sites
+from ..maskattn_ops.sites import parse_selection, select_sites
 from . import patching
 from .model_family import family_of
 from .training_data import Encoder, Sample, epoch_order, fixed_batch_loss, noise_and_sigma
@@ -102,7 +102,7 @@ class TrainingSettings:
     RESUME_FIXED = ("batch_size", "lr", "embed_dim", "threshold", "mode", "sites", "resolution", "seed", "mask_weight")
 
     def site_choice(self) -> str | list[str]:
-        return [s.strip() for s in self.sites.split(",")] if "," in self.sites else self.sites.strip()
+        return parse_selection(self.sites)
 
 
 class ResumeError(ValueError):

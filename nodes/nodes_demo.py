@@ -17,7 +17,8 @@ SHAPES, TINY_RANDOM = "shapes-sdxl", "tiny-sdxl-random"
 # random-weight models of each UNet family the nodes support: (family, v-prediction)
 TINY_RANDOM_MODELS = {TINY_RANDOM: ("sdxl", False), "tiny-sd1-random": ("sd1", False),
                       "tiny-sd2-random": ("sd2", False), "tiny-sd2-v-random": ("sd2", True)}
-DEMO_MODELS = (SHAPES, *TINY_RANDOM_MODELS)
+SHAPES_SD2 = "shapes-sd2"
+DEMO_MODELS = (SHAPES, SHAPES_SD2, *TINY_RANDOM_MODELS)
 # Values that workflows saved by earlier versions hold, still loaded.
 LEGACY_VALUES = {
     "shapes SDXL, trained on rendered shapes (128 px)": SHAPES,
@@ -46,13 +47,15 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
                 "checkpoint. 'shapes-sdxl' is trained on images of 1 to 4 coloured circles, "
                 "squares and triangles (scripts/train_shapes_model.py writes "
                 "weights/shapes_sdxl.safetensors): prompt it like 'a red circle and a blue "
-                "square' at 128x128 (colours: red, green, blue, yellow, purple, orange). "
+                "square' at 128x128 (colours: red, green, blue, yellow, purple, orange); "
+                "'shapes-sd2' is the same training with SD2.x's UNet blocks and one text encoder. "
                 "The tiny-*-random models have random weights and only run the wiring: SDXL's, "
                 "SD1.x's (clip_l) and SD2.x's (OpenCLIP ViT-H; epsilon, or v-prediction as SD2 768) "
                 "architectures, small."),
             inputs=[
                 io.Combo.Input("model", options=list(DEMO_MODELS), default=SHAPES,
-                               tooltip="shapes-sdxl: trained on rendered shapes (128 px). "
+                               tooltip="shapes-sdxl / shapes-sd2: SDXL's / SD2.x's architecture trained "
+                                       "on rendered shapes (128 px). "
                                        "tiny-sdxl/sd1/sd2/sd2-v-random: that family's architecture with "
                                        "random weights (wiring only)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
@@ -84,9 +87,10 @@ class MaskAttnLoadDemoModel(io.ComfyNode):
             if key in TINY_RANDOM_MODELS:
                 family, v_prediction = TINY_RANDOM_MODELS[key]
                 return io.NodeOutput(*demo_models.build_all(seed, family, v_prediction))
-            if not demo_models.SHIPPED.is_file():
-                raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {demo_models.SHIPPED} is missing; "
+            path = demo_models.SHIPPED if key == SHAPES else demo_models.SHIPPED_SD2
+            if not path.is_file():
+                raise FileNotFoundError(f"Load MaskAttn Demo Model (model): {path} is missing; "
                                         "train it with scripts/train_shapes_model.py --out <that path>")
-            model, clip, vae = demo_models.load_shapes_model(demo_models.SHIPPED)
-            side = demo_models.read_config(demo_models.SHIPPED).image_size
+            model, clip, vae = demo_models.load_shapes_model(path)
+            side = demo_models.read_config(path).image_size
             return io.NodeOutput(patching.with_trained_size(model, side, side, f"The demo model {key!r}"), clip, vae)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..maskattn_ops.guidance import GuidanceCapture
 from ..maskattn_ops.region_attention import REGION_MODES, RegionAttention
 from ..maskattn_ops.regions import Region, WordNotInPrompt, box_mask, check_mask
-from ..maskattn_ops.sites import SITE_SETS, select_sites
+from ..maskattn_ops.sites import SITE_SETS, parse_selection, select_sites
 from . import patching
 from . import text as prompt_text   # (the node's input is named text)
 from .widget_hints import newer_schema_fields, unused_when_linked, used_when
@@ -158,7 +158,7 @@ class MaskAttnRegionGuidance(io.ComfyNode):
         if not regions:
             raise ValueError("Region Mask Guidance (regions): no regions bound")
         window = patching.sigma_window(model, start_percent, end_percent, "Region Mask Guidance")
-        chosen = [s.strip() for s in site_list.split(",") if s.strip()] or sites
+        chosen = parse_selection(site_list) if site_list.strip() else sites
         provider = RegionAttention(tuple(regions), mode=mode, weight=weight, outside=lam, **window)
         try:
             names = [s.name for s in select_sites(patching.discover_sites(model), chosen)]

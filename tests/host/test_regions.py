@@ -190,6 +190,19 @@ def test_modes_raise_the_words_attention_mass_inside(nodes_regions, patching, ti
     assert steered > base + 0.1, (mode, base, steered)
 
 
+def test_site_list_names_the_sites_instead_of_the_set(nodes_regions, patching, tiny_models, prompt):
+    _, p = prompt
+    regions = bind(nodes_regions, p, "red", mask=left_half())
+    model = nodes_regions.MaskAttnRegionGuidance.execute(tiny_models[0], regions, "swapping", 0.08, 0.5, 0.3, 0.0, 0.5,
+                                                         "all", site_list="input.4.0, output.3.1").args[0]
+    installed = model.model_options["transformer_options"][patching.SITES_KEY]
+    assert sorted(f"{layer} {op.site.name}" for (layer, _), op in installed.items()) == ["attn2 input.4.0",
+                                                                                        "attn2 output.3.1"]
+    with pytest.raises(ValueError, match=r"Region Mask Guidance \(sites\): unknown cross-attention site\(s\) \['input.1.0'\]"):
+        nodes_regions.MaskAttnRegionGuidance.execute(tiny_models[0], regions, "swapping", 0.08, 0.5, 0.3, 0.0, 0.5,
+                                                     "all", site_list="input.1.0")
+
+
 def test_mask_batch_must_match_latent_batch(nodes_regions, tiny_models, prompt, sample):
     _, p = prompt
     regions = bind(nodes_regions, p, "red", mask=left_half(batch=3))

@@ -120,10 +120,12 @@ def saved_random(shapes_model, fresh, tmp_path_factory):
 
 def test_demo_loader_loads_the_shapes_model_and_names_a_missing_file(host, demo_models, saved_random, monkeypatch):
     import nodes
-    from comfyui_maskattn.nodes.nodes_demo import SHAPES, MaskAttnLoadDemoModel
+    from comfyui_maskattn.nodes.nodes_demo import SHAPES, SHAPES_SD2, MaskAttnLoadDemoModel
     monkeypatch.setattr(demo_models, "SHIPPED", saved_random.parent / "absent.safetensors")
-    with pytest.raises(FileNotFoundError, match="Load MaskAttn Demo Model \\(model\\): .*absent.safetensors is missing"):
-        MaskAttnLoadDemoModel.execute(SHAPES, 0)
+    monkeypatch.setattr(demo_models, "SHIPPED_SD2", saved_random.parent / "absent_sd2.safetensors")
+    for key, name in ((SHAPES, "absent"), (SHAPES_SD2, "absent_sd2")):
+        with pytest.raises(FileNotFoundError, match=f"Load MaskAttn Demo Model \\(model\\): .*{name}.safetensors is missing"):
+            MaskAttnLoadDemoModel.execute(key, 0)
     monkeypatch.setattr(demo_models, "SHIPPED", saved_random)
     model, clip, vae = MaskAttnLoadDemoModel.execute(SHAPES, 0).result
     positive = nodes.CLIPTextEncode().encode(clip, "a red circle")[0]
@@ -150,7 +152,8 @@ def test_demo_loader_keys_and_the_values_older_workflows_saved(run_graph):
                 "5": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
                 "6": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}}}
 
-    assert DEMO_MODELS == ("shapes-sdxl", "tiny-sdxl-random", "tiny-sd1-random", "tiny-sd2-random", "tiny-sd2-v-random")
+    assert DEMO_MODELS == ("shapes-sdxl", "shapes-sd2", "tiny-sdxl-random", "tiny-sd1-random", "tiny-sd2-random",
+                           "tiny-sd2-v-random")
     assert set(LEGACY_VALUES.values()) == {"shapes-sdxl", "tiny-sdxl-random"}   # the two that had long values
     legacy = next(old for old, key in LEGACY_VALUES.items() if key == "tiny-sdxl-random")
     for value in ("tiny-sdxl-random", legacy):

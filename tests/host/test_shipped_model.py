@@ -1,7 +1,8 @@
-"""The shipped shapes model (weights/shapes_sdxl.safetensors) learned what it is for, and
-the region modes leave a lasting mark on it: after their window closes, the bound words'
-attention stays more inside their regions than without them (the random tiny model
-cannot show this; its attention carries nothing from one step to the next)."""
+"""The shipped shapes models (weights/shapes_sdxl.safetensors, and shapes_sd2.safetensors:
+SD2.x's architecture) learned what they are for, and the region modes leave a lasting
+mark on them: after their window closes, the bound words' attention stays more inside
+their regions than without them (the random tiny model cannot show this; its attention
+carries nothing from one step to the next)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from comfyui_maskattn.maskattn_ops.regions import mask_to_grid
 from helpers import Recorder
 
 PROMPT = "a red circle and a blue square"
-# token positions (after the start token) of the two bound phrases, in both encoders
+# token positions (after the start token) of the two bound phrases, in every encoder
 PHRASES = {"red circle": [2, 3], "blue square": [6, 7]}
 STEPS = 12
 
@@ -25,11 +26,12 @@ def demo_models(host):
     return demo_models
 
 
-@pytest.fixture(scope="module")
-def shipped(demo_models):
-    assert demo_models.SHIPPED.is_file(), f"{demo_models.SHIPPED} is missing"
+@pytest.fixture(scope="module", params=["SHIPPED", "SHIPPED_SD2"], ids=["sdxl", "sd2"])
+def shipped(demo_models, request):
+    path = getattr(demo_models, request.param)
+    assert path.is_file(), f"{path} is missing"
     with torch.inference_mode():
-        return demo_models.load_shapes_model(demo_models.SHIPPED)
+        return demo_models.load_shapes_model(path)
 
 
 def half(side: str, size: int = 128) -> torch.Tensor:

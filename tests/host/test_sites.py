@@ -3,7 +3,7 @@ config, the mid-resolution selection, and what the host reports at each site dur
 real sampling run."""
 import pytest
 
-from comfyui_maskattn.maskattn_ops.sites import Site, select_sites, token_grid
+from comfyui_maskattn.maskattn_ops.sites import Site, parse_selection, select_sites, token_grid
 
 MID_KEYS = {(b, i, d) for b, ids in (("input", (4, 5)), ("output", (3, 4, 5))) for i in ids for d in (0, 1)}
 
@@ -105,3 +105,12 @@ def test_no_mid_resolution_sites_is_a_clear_error():
     coarse = [Site(("input", 7, 0), 4, 1280, 20, 64, 2048)]
     with pytest.raises(ValueError, match="no cross-attention at the mid-resolution level"):
         select_sites(coarse, "mid-resolution")
+
+
+def test_typed_selections_parse_as_select_sites_takes_them(sdxl_sites):
+    """Region Mask Guidance's site_list and Train MaskAttn Heads' sites, as typed."""
+    assert parse_selection(" mid-resolution ") == "mid-resolution"
+    assert parse_selection("output.3.1") == "output.3.1"
+    assert parse_selection("input.4.0, output.3.1,") == ["input.4.0", "output.3.1"]
+    assert [s.name for s in select_sites(sdxl_sites, parse_selection("input.4.0, output.3.1"))] == ["input.4.0",
+                                                                                                   "output.3.1"]
