@@ -405,7 +405,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     # records, tables and grids of another family's shapes model beside the SDXL one's
     family = demo_models.read_config(args.model or demo_models.SHIPPED).family
-    suffix = ("" if family == "sdxl" else f"_{family}") + ("" if args.layouts == "objects" else "_odd")
+    family_tag = "" if family == "sdxl" else f"_{family}"
+    suffix = family_tag + ("" if args.layouts == "objects" else "_odd")
     results = args.results or RESULTS.with_name(RESULTS.name + suffix)
     args.images = args.images or IMAGES.with_name(IMAGES.name.replace("shapes_eval", "shapes_eval" + suffix))
     cli.setup_logging()
@@ -432,7 +433,7 @@ def main(argv=None) -> int:
         generate = Generator(model, clip, vae, heads, args)
         if args.quality:
             report = quality(generate, args.quality)
-            (results.parent / "shapes_quality.md").write_text(
+            (results.parent / f"shapes_quality{family_tag}.md").write_text(
                 f"model: {trained(args.model or demo_models.SHIPPED)}\n"
                 f"settings: {args.sampler}/{args.scheduler}, {args.steps} steps, cfg {args.cfg}\n\n{report}\n")
             print(report)

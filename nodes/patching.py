@@ -229,7 +229,9 @@ def discover_sites(model: ModelPatcher) -> list[Site]:
     token-grid downsampling read from the module tree (not assumed from a config)."""
     unet = model.get_model_object("diffusion_model")
     if not hasattr(unet, "input_blocks"):
-        raise TypeError(f"MaskAttn supports SDXL-pattern UNets; this model is {type(unet).__name__}")
+        raise TypeError(f"MaskAttn supports UNet models (SDXL, SD1.x, SD2.x families); this model's "
+                        f"diffusion model is {type(unet).__name__} (DiT models such as Flux and SD3: not yet, "
+                        f"docs/dit.md)")
     sites: list[Site] = []
     factor = 1
 

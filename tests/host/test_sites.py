@@ -114,3 +114,25 @@ def test_typed_selections_parse_as_select_sites_takes_them(sdxl_sites):
     assert parse_selection("input.4.0, output.3.1,") == ["input.4.0", "output.3.1"]
     assert [s.name for s in select_sites(sdxl_sites, parse_selection("input.4.0, output.3.1"))] == ["input.4.0",
                                                                                                    "output.3.1"]
+
+
+def test_a_dit_model_is_refused_naming_it(patching, nodes_regions, tiny_models):
+    """Flux (the host's own model class, tiny): no UNet sites; the nodes say so and
+    point at the design note, rather than failing inside the host."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+    config = comfy.supported_models.Flux({
+        "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+        "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+        "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True})
+    with torch.inference_mode():
+        flux = comfy.model_patcher.ModelPatcher(config.get_model({}, device=torch.device("cpu")),
+                                                load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    with pytest.raises(TypeError, match=r"MaskAttn supports UNet models \(SDXL, SD1.x, SD2.x families\); this "
+                                        r"model's diffusion model is Flux .*docs/dit.md"):
+        patching.discover_sites(flux)
+    _, prompt = nodes_regions.MaskAttnEncodeRegionPrompt.execute(tiny_models[1], "a red circle").args
+    regions = nodes_regions.MaskAttnBindRegion.execute(prompt, "red", 1.0, 0, 0, 64, 64, 128, 128).args[0]
+    with pytest.raises(TypeError, match="this model's diffusion model is Flux"):
+        nodes_regions.MaskAttnRegionGuidance.execute(flux, regions, "swapping", 0.08, 0.5, 0.3, 0.0, 0.3, "all")
