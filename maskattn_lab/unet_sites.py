@@ -10,15 +10,13 @@ code the nodes use. Compare SDXL's with the table in ../shared/DESIGN.md.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 
-from . import host
+from . import cli, host
 
 host.import_host()
 import comfy.model_detection  # noqa: E402
 import comfy.model_patcher  # noqa: E402
-import comfy.supported_models  # noqa: E402
 import torch  # noqa: E402
 
 from comfyui_maskattn.maskattn_ops.sites import select_sites  # noqa: E402
@@ -58,8 +56,9 @@ def site_table(sites, latent: int = NATIVE_LATENT["sdxl"]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=sorted(NATIVE_LATENT), default="sdxl")
+    parser = cli.parser(__doc__)
+    parser.add_argument("--family", choices=sorted(NATIVE_LATENT), default="sdxl",
+                        help="the UNet family whose detected config is built")
     family = parser.parse_args(argv).family
     print(site_table(full_size_sites(family), NATIVE_LATENT[family]))
     return 0

@@ -187,7 +187,7 @@ def _fresh_heads_like(heads):
 def test_every_command_line_parses_and_shows_its_defaults():
     """Each thin CLI imports its lab module and answers --help, every option's default shown."""
     commands = {"scripts": ["train_heads", "inspect_heads", "evaluate_shapes", "kind_errors", "train_shapes_model",
-                            "run_workflows", "make_shapes_pairs"], "benchmarks": ["bench_sdxl"]}
+                            "run_workflows", "make_shapes_pairs", "print_sites"], "benchmarks": ["bench_sdxl"]}
     runs = {name: subprocess.Popen([sys.executable, str(REPO / folder / f"{name}.py"), "--help"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for folder, names in commands.items() for name in names}
